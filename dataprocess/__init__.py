@@ -1,0 +1,1 @@
+"""Converters from public datasets (LLaVA, COCO, AI Challenger) to the project's data schema."""

@@ -1,0 +1,286 @@
+"""Qwen (v1) decoder: pre-norm RMSNorm blocks, fused-QKV attention with rotary embeddings, a SwiGLU MLP.
+
+Parameter names match the official checkpoints (`transformer.h.{i}.attn.c_attn.weight`, ...), so
+`from_pretrained` loads them as they are. Attention runs through `F.scaled_dot_product_attention`.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_qwen import QWenConfig
+
+# transformers 5.x renamed the KV-cache argument and output field from `past_key_values` to `cache`.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 so bf16 activations keep their precision, as the original does
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x32.type_as(x) * self.weight
+
+
+def ntk_alpha(true_lengths: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """Dynamic-NTK factor per sequence: max(2 ** ceil(log2(len / seq_length) + 1) - 1, 1)."""
+    context = torch.log2(true_lengths.double() / seq_length) + 1
+    return (2 ** torch.ceil(context) - 1).clamp(min=1)
+
+
+class QWenRotaryEmbedding(nn.Module):
+    """cos/sin tables for given positions, with one NTK alpha per sequence of the batch."""
+
+    def __init__(self, config: QWenConfig):
+        super().__init__()
+        self.dim = int(config.kv_channels * config.rotary_pct)
+        self.base = config.rotary_emb_base
+
+    def forward(self, position_ids: torch.Tensor, alpha: torch.Tensor):
+        # position_ids (B, T), alpha (B,)
+        base = self.base * alpha.double() ** (self.dim / (self.dim - 2))  # (B,)
+        exponents = torch.arange(0, self.dim, 2, device=position_ids.device, dtype=torch.float32) / self.dim
+        inv_freq = 1.0 / base.float()[:, None] ** exponents  # (B, dim/2)
+        freqs = position_ids[..., None].float() * inv_freq[:, None, :]  # (B, T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, dim), broadcast over heads
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotates the first `cos.shape[-1]` channels of x (B, H, T, hd) in fp32; the rest pass through."""
+    rot_dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot_dim].float(), x[..., rot_dim:]
+    x_rot = x_rot * cos + rotate_half(x_rot) * sin
+    return torch.cat((x_rot.type_as(x), x_pass), dim=-1)
+
+
+class QWenAttention(nn.Module):
+    def __init__(self, config: QWenConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.kv_channels
+        projection_size = config.kv_channels * config.num_attention_heads
+        self.c_attn = nn.Linear(config.hidden_size, 3 * projection_size)  # fused QKV, always with bias
+        self.c_proj = nn.Linear(projection_size, config.hidden_size, bias=not config.no_bias)
+        self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
+        self.dropout = config.attn_dropout_prob
+
+    def forward(self, x, rotary, logn_scale, attn_mask, cache):
+        B, T, _ = x.shape
+        # (B, T, 3, H, hd) -> three (B, H, T, hd)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, H, past + T, hd)
+        if logn_scale is not None:
+            q = q * logn_scale.type_as(q)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None and T > 1,
+            scale=self.scale,
+        )  # (B, H, T, hd)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class QWenMLP(nn.Module):
+    def __init__(self, config: QWenConfig):
+        super().__init__()
+        width = config.intermediate_size // 2  # the config counts both SwiGLU branches
+        self.w1 = nn.Linear(config.hidden_size, width, bias=not config.no_bias)
+        self.w2 = nn.Linear(config.hidden_size, width, bias=not config.no_bias)
+        self.c_proj = nn.Linear(width, config.hidden_size, bias=not config.no_bias)
+
+    def forward(self, x):
+        return self.c_proj(self.w1(x) * F.silu(self.w2(x)))
+
+
+class QWenBlock(GradientCheckpointingLayer):
+    def __init__(self, config: QWenConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.attn = QWenAttention(config, layer_idx)
+        self.ln_2 = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.mlp = QWenMLP(config)
+
+    def forward(self, x, rotary=None, logn_scale=None, attn_mask=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rotary, logn_scale, attn_mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class QWenPreTrainedModel(PreTrainedModel):
+    config_class = QWenConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["QWenBlock"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # GPT-2 style: output projections that feed the residual stream start smaller with depth.
+        if isinstance(module, (QWenAttention, QWenMLP)):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+
+
+def sdpa_mask(attention_mask, past: int, T: int, device):
+    """Boolean (B, 1, T, past + T) mask, or None where SDPA's own `is_causal` (or no mask) is exact."""
+    has_padding = attention_mask is not None and not bool(attention_mask.all())
+    if not has_padding and (past == 0 or T == 1):
+        return None
+    kv_len = past + T
+    q_pos = torch.arange(past, kv_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, kv)
+    if has_padding:
+        assert attention_mask.shape[-1] == kv_len, (
+            f"attention_mask covers {attention_mask.shape[-1]} tokens but past + new tokens are {kv_len}"
+        )
+        mask = mask & attention_mask[:, None, None, :].bool()
+        # A padding query would see no key at all and SDPA would return NaN there, which then leaks
+        # through 0 * NaN in later layers; letting it see itself keeps every row finite.
+        mask = mask | (k_pos == q_pos)[None, None]
+    return mask
+
+
+class QWenModel(QWenPreTrainedModel):
+    def __init__(self, config: QWenConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.drop = nn.Dropout(config.emb_dropout_prob)
+        self.rotary_emb = QWenRotaryEmbedding(config)
+        self.h = nn.ModuleList([QWenBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def _ntk_alpha(self, attention_mask, cache, B, T, past, device):
+        """Per-sequence NTK alpha, fixed at prefill and kept on the cache for the decode steps."""
+        if self.training or not self.config.use_dynamic_ntk:
+            return torch.ones(B, device=device)
+        if past > 0 and hasattr(cache, "qwen_ntk_alpha"):
+            return cache.qwen_ntk_alpha
+        if attention_mask is not None:
+            lengths = attention_mask.sum(-1)
+        else:
+            lengths = torch.full((B,), past + T, device=device)
+        alpha = ntk_alpha(lengths, self.config.seq_length).to(device)
+        if cache is not None:
+            cache.qwen_ntk_alpha = alpha
+        return alpha
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache: Cache | None = None,
+        inputs_embeds=None,
+        use_cache=None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        cache = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
+
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T = x.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:  # left padding: count real tokens only
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
+
+        rotary = self.rotary_emb(position_ids, self._ntk_alpha(attention_mask, cache, B, T, past, x.device))
+        logn_scale = None
+        if self.config.use_logn_attn and not self.training and past + T > self.config.seq_length:
+            p = (position_ids + 1).float()  # 1-based positions (B, T)
+            seq_len = self.config.seq_length
+            logn_scale = torch.where(p > seq_len, p.log() / math.log(seq_len), 1.0)[:, None, :, None]
+        attn_mask = sdpa_mask(attention_mask, past, T, x.device)
+
+        x = self.drop(x)
+        for block in self.h:
+            x = block(x, rotary=rotary, logn_scale=logn_scale, attn_mask=attn_mask, cache=cache)
+        x = self.ln_f(x)
+        return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache})
+
+
+class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):
+    def __init__(self, config: QWenConfig):
+        super().__init__(config)
+        self.transformer = QWenModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.loss_type = "ForCausalLM"  # the class name predates transformers' naming rule for losses
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache: Cache | None = None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        out = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:  # generate only needs the last position's logits
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})

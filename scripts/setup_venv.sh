@@ -1,0 +1,27 @@
+#!/bin/sh
+# Creates .venv in the repo root when it is missing and (re)installs the requirements when they change.
+# Sourced by run_tests.sh and demo.sh; needs only python3.
+set -e
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$REPO_ROOT/.venv"
+# One torch/torchvision pair installed together: a lone torchvision can pull a build that does not
+# match torch ("operator torchvision::nms does not exist"). Override with TORCH_SPEC="torch==X torchvision==Y".
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup_venv: creating $VENV"
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+    echo "setup_venv: installing $TORCH_SPEC"
+    # shellcheck disable=SC2086
+    "$PY" -m pip install -q $TORCH_SPEC
+fi
+STAMP="$VENV/.requirements.sha256"
+WANT=$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    echo "setup_venv: installing requirements-dev.txt"
+    "$PY" -m pip install -q -r "$REPO_ROOT/requirements-dev.txt"
+    echo "$WANT" > "$STAMP"
+fi

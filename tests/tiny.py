@@ -1,0 +1,60 @@
+"""Builders of tiny random models, shared by the tests."""
+
+import qwen
+
+
+def tiny_qwen_config(**overrides):
+    kwargs = dict(
+        vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, kv_channels=16,
+        intermediate_size=256, seq_length=32, max_position_embeddings=32,
+    )
+    kwargs.update(overrides)
+    return qwen.QWenConfig(**kwargs)
+
+
+def save_tiny_clip(folder, full=False):
+    """A CLIP vision tower (32 px, patch 8: 16 patches + CLS, width 32, 3 layers) with its processor.
+    full=True saves a whole CLIPModel, text tower included, as hub CLIP checkpoints are."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModel
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=16)
+    if full:
+        config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=4, vocab_size=100, max_position_embeddings=16),
+                            vision_config=vision.to_dict(), projection_dim=16)
+        CLIPModel(config).save_pretrained(folder)
+    else:
+        CLIPVisionModel(vision).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_siglip(folder):
+    """A SigLIP vision tower (32 px, patch 8: 16 patches, no CLS, width 32, 3 layers) with its processor."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=32, patch_size=8)
+    SiglipVisionModel(config).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "head_width": 8, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 4, "layers": 1},
+}
+
+
+def register_tiny_open_clip(folder) -> str:
+    """Registers an open_clip ViT of the same size as the tiny CLIP and returns its tower name."""
+    import json
+
+    import open_clip
+
+    path = folder / "TinyViT.json"
+    path.write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(path)
+    return "open_clip:TinyViT"

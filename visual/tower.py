@@ -1,0 +1,102 @@
+"""The one interface every vision encoder offers the VLM: pixel_values (B, 3, H, W) -> features (B, N, D)."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SELECT_FEATURES = ("patch", "cls_patch", "all_but_first")
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+@dataclass
+class FeatureSelection:
+    """Which hidden state, and which of its tokens, become image features.
+
+    select_layer counts like transformers' `hidden_states`: 0 is the embeddings, -1 the last block, -2
+    the penultimate block (LLaVA-1.5's choice). post_layernorm applies the encoder's final norm to that
+    state (with select_layer=-1 this is SigLIP's `last_hidden_state`). select_feature: `patch` drops the
+    CLS token where the family has one; `cls_patch` keeps every token; `all_but_first` drops the first
+    token whatever it is, as the original project did on SigLIP (728 features at 384 px)."""
+
+    select_layer: int = -2
+    select_feature: str = "patch"
+    post_layernorm: bool = False
+
+    def __post_init__(self):
+        if self.select_feature not in SELECT_FEATURES:
+            raise ValueError(f"select_feature must be one of {SELECT_FEATURES}, got {self.select_feature!r}")
+
+    def num_tokens(self, grid_tokens: int, prefix_tokens: int) -> int:
+        return grid_tokens + {"patch": 0, "cls_patch": prefix_tokens, "all_but_first": prefix_tokens - 1}[
+            self.select_feature
+        ]
+
+    def take(self, tokens: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
+        # tokens (B, prefix + grid, D)
+        start = {"patch": prefix_tokens, "cls_patch": 0, "all_but_first": 1}[self.select_feature]
+        return tokens[:, start:]
+
+
+class VisionTower(nn.Module):
+    """Base class. Subclasses set hidden_size, image_size, num_patches and image_processor, and implement
+    `tokens(pixel_values) -> (B, prefix + grid, D)` at the selected layer."""
+
+    hidden_size: int
+    image_size: int
+    num_patches: int
+    prefix_tokens: int
+    image_processor = None  # callable: list of PIL RGB images -> pixel_values (B, 3, H, W); picklable
+
+    def __init__(self, selection: FeatureSelection):
+        super().__init__()
+        self.selection = selection
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def set_trainable(self, trainable: bool):
+        self.requires_grad_(trainable)
+        self.train(trainable)
+        return self
+
+    def train(self, mode: bool = True):
+        # A frozen encoder stays in eval mode (no dropout) even when the VLM around it trains.
+        return super().train(mode and not self.frozen)
+
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens = self.tokens(pixel_values.to(self.dtype))  # (B, prefix + grid, D)
+            return self.selection.take(tokens, self.prefix_tokens)  # (B, N, D)
+
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_pretrained(self, folder: str):
+        raise NotImplementedError
+
+
+def load_vision_tower(
+    name: str,
+    selection: FeatureSelection | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trainable: bool = False,
+) -> VisionTower:
+    """A tower by name: a hub id or local folder of a CLIP/SigLIP checkpoint, `open_clip:ARCH[/TAG_OR_FILE]`,
+    or a folder that `VisionTower.save_pretrained` wrote. Frozen unless `trainable`."""
+    from .hf_tower import HFVisionTower
+    from .open_clip_tower import OPEN_CLIP_CONFIG, OpenCLIPVisionTower
+
+    selection = selection or FeatureSelection()
+    if name.startswith(OPEN_CLIP_PREFIX) or os.path.isfile(os.path.join(name, OPEN_CLIP_CONFIG)):
+        tower = OpenCLIPVisionTower.load(name.removeprefix(OPEN_CLIP_PREFIX), selection)
+    else:
+        tower = HFVisionTower.load(name, selection)
+    return tower.to(device=device, dtype=dtype).set_trainable(trainable)
