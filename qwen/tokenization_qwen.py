@@ -108,10 +108,14 @@ class QWenTokenizer(PreTrainedTokenizer):
         if skip_special_tokens:
             skip = set(self.special_tokens.values()) | set(self.all_special_ids)
             ids = [i for i in ids if i not in skip]
-        pieces = [
-            self.decoder[i] if i in self.decoder else self._added_tokens_decoder[i].content.encode() for i in ids
-        ]
-        return b"".join(pieces).decode("utf-8", errors=errors or self.errors)
+        return b"".join(self._bytes_of(i) for i in ids).decode("utf-8", errors=errors or self.errors)
+
+    def _bytes_of(self, index: int) -> bytes:
+        if index in self.decoder:
+            return self.decoder[index]
+        if index in self._added_tokens_decoder:
+            return self._added_tokens_decoder[index].content.encode()
+        return b""  # ids in the padding of the embedding matrix (151851..151935 for Qwen-7B) have no text
 
     def save_vocabulary(self, save_directory, filename_prefix=None):
         prefix = f"{filename_prefix}-" if filename_prefix else ""

@@ -1,0 +1,153 @@
+"""Checkpoint folders: writing them atomically, and loading ours or the original project's layout.
+
+Our layout (one self-contained folder, loadable from its path alone):
+    vlm_config.json          VLMConfig: base models, feature selection, image token, N, dims, template, modes
+    projector.safetensors    projector weights
+    adapter_config.json      \\ llm_mode=lora: the peft adapter
+    adapter_model.safetensors/
+    llm/                     llm_mode=full: the whole LLM and its tokenizer
+    vision/                  vision_mode=full: the whole vision tower and its processor
+The original project's layout: adapter_config.json, adapter_model.bin, other_params.bin (projector).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
+
+from .config import CONFIG_NAME, VLMConfig
+from .model import VisionLanguageModel
+
+PROJECTOR_WEIGHTS = "projector.safetensors"
+LLM_DIR, VISION_DIR = "llm", "vision"
+ADAPTER_CONFIG = "adapter_config.json"
+LEGACY_PROJECTOR, LEGACY_ADAPTER = "other_params.bin", "adapter_model.bin"
+
+
+@dataclass(frozen=True)
+class LegacyCheckpoint:
+    """What the original project's released checkpoints (SIGLIP_Qwen_epoch19000/36000) were trained with:
+    SigLIP's last_hidden_state (after its post-layernorm) minus the first token, 728 features per image."""
+
+    llm: str = "Qwen/Qwen-7B-Chat"
+    vision: str = "google/siglip-so400m-patch14-384"
+    system_prompt: str = "你是一位图像理解助手。"
+    select_layer: int = -1
+    select_feature: str = "all_but_first"
+    post_layernorm: bool = True
+
+
+@contextmanager
+def atomic_folder(folder: str):
+    """Yields a temporary sibling folder that replaces `folder` only once everything is written, so a
+    crash or a full disk mid-save never destroys the last good copy."""
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=os.path.dirname(folder))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = tmp + ".old"
+    if os.path.exists(folder):
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(model: VisionLanguageModel, folder: str):
+    cfg = model.config
+    with atomic_folder(folder) as tmp:
+        cfg.save(tmp)
+        save_file({k: v.contiguous() for k, v in model.projector.state_dict().items()},
+                  os.path.join(tmp, PROJECTOR_WEIGHTS))
+        if cfg.llm_mode == "lora":
+            # the image-token rows added to the embeddings are deterministic, so they need not be saved
+            model.llm.save_pretrained(tmp, save_embedding_layers=False)
+        elif cfg.llm_mode == "full":
+            model.llm.save_pretrained(os.path.join(tmp, LLM_DIR))
+            model.tokenizer.save_pretrained(os.path.join(tmp, LLM_DIR))
+        if cfg.vision_mode == "full":
+            model.vision_tower.save_pretrained(os.path.join(tmp, VISION_DIR))
+
+
+def require(folder: str, *names: str):
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    for name in names:
+        if not os.path.exists(os.path.join(folder, name)):
+            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {name} is missing")
+
+
+def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = None, dtype=torch.float32,
+                    device="cpu", trainable: bool = False) -> VisionLanguageModel:
+    """Loads a checkpoint folder (ours, or the original project's, told apart by their files).
+    `llm`/`vision` override the base models the checkpoint names, e.g. with local copies."""
+    require(folder)
+    if os.path.exists(os.path.join(folder, LEGACY_PROJECTOR)) and not os.path.exists(
+            os.path.join(folder, CONFIG_NAME)):
+        return load_legacy_checkpoint(folder, llm, vision, dtype, device)
+    require(folder, CONFIG_NAME, PROJECTOR_WEIGHTS)
+    config = VLMConfig.load(folder)
+    needed = {"lora": [ADAPTER_CONFIG], "full": [os.path.join(LLM_DIR, "config.json")], "frozen": []}
+    require(folder, *needed[config.llm_mode], *([VISION_DIR] if config.vision_mode == "full" else []))
+    llm_path = os.path.join(folder, LLM_DIR) if config.llm_mode == "full" else llm or config.llm
+    vision_path = os.path.join(folder, VISION_DIR) if config.vision_mode == "full" else vision or config.vision
+    check_llm_matches(config, llm_path, folder)
+    model = VisionLanguageModel.build(replace(config), dtype, device, llm_path, vision_path)
+    check_vision_matches(config, model.config, vision_path, folder)
+    load_projector(model, load_file(os.path.join(folder, PROJECTOR_WEIGHTS)), folder)
+    if config.llm_mode == "lora":
+        model.llm = PeftModel.from_pretrained(model.llm, folder, is_trainable=trainable)
+    return model.eval()
+
+
+def load_legacy_checkpoint(folder, llm, vision, dtype, device) -> VisionLanguageModel:
+    require(folder, ADAPTER_CONFIG, LEGACY_ADAPTER, LEGACY_PROJECTOR)
+    with open(os.path.join(folder, ADAPTER_CONFIG)) as f:
+        adapter = json.load(f)
+    legacy = LegacyCheckpoint()
+    targets = adapter["target_modules"]
+    config = VLMConfig(
+        llm=legacy.llm, vision=legacy.vision, select_layer=legacy.select_layer,
+        select_feature=legacy.select_feature, post_layernorm=legacy.post_layernorm,
+        system_prompt=legacy.system_prompt, llm_mode="lora", lora_rank=adapter["r"],
+        lora_alpha=adapter["lora_alpha"], lora_dropout=adapter.get("lora_dropout", 0.0),
+        target_modules=targets if isinstance(targets, str) else "|".join(targets),
+    )
+    model = VisionLanguageModel.build(config, dtype, device, llm, vision)
+    projector = torch.load(os.path.join(folder, LEGACY_PROJECTOR), map_location="cpu", weights_only=True)
+    load_projector(model, projector, folder)
+    model.llm = PeftModel.from_pretrained(model.llm, folder)  # peft reads adapter_model.bin with weights_only
+    return model.eval()
+
+
+def check_llm_matches(config: VLMConfig, llm_path: str, folder: str):
+    hidden = AutoConfig.from_pretrained(llm_path).get_text_config().hidden_size
+    if config.llm_hidden_size is not None and hidden != config.llm_hidden_size:
+        raise ValueError(f"checkpoint {folder} was trained on {config.llm} (hidden size {config.llm_hidden_size}), "
+                         f"but the base LLM {llm_path} has hidden size {hidden}")
+
+
+def check_vision_matches(saved: VLMConfig, built: VLMConfig, vision_path: str, folder: str):
+    want = (saved.vision_hidden_size, saved.num_image_tokens)
+    got = (built.vision_hidden_size, built.num_image_tokens)
+    if saved.vision_hidden_size is not None and want != got:
+        raise ValueError(f"checkpoint {folder} was trained on {saved.vision} ({want[1]} features of size {want[0]}), "
+                         f"but the vision encoder {vision_path} gives {got[1]} features of size {got[0]}")
+
+
+def load_projector(model: VisionLanguageModel, state: dict, folder: str):
+    expected = {k: tuple(v.shape) for k, v in model.projector.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        raise ValueError(f"the projector in {folder} has shapes {found}, but these base models need {expected}")
+    model.projector.load_state_dict(state)

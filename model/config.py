@@ -1,0 +1,62 @@
+"""VLMConfig: everything needed to rebuild a trained VLM from its checkpoint folder alone."""
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+# The marker that data files and prompts use for "an image goes here", whatever the LLM. It is Qwen-7B's
+# own token; for other LLMs the processor swaps it for `image_token` (added to their vocabulary).
+IMAGE_MARKER = "<|extra_0|>"
+CONFIG_NAME = "vlm_config.json"
+MODES = {
+    "vision_mode": ("frozen", "full"),
+    "projector_mode": ("train", "frozen"),
+    "llm_mode": ("frozen", "lora", "full"),
+}
+
+
+@dataclass
+class VLMConfig:
+    llm: str  # hub id or local folder of the base causal LM
+    vision: str  # vision tower name, see visual.load_vision_tower
+    select_layer: int = -2
+    select_feature: str = "patch"
+    post_layernorm: bool = False
+    projector_type: str = "mlp2x_gelu"
+    # Used only when the LLM's vocabulary lacks IMAGE_MARKER: added as a special token.
+    image_token: str = "<image>"
+    system_prompt: str | None = None  # None: the chat template's own default
+    vision_mode: str = "frozen"
+    projector_mode: str = "train"
+    llm_mode: str = "lora"
+    lora_rank: int = 128
+    lora_alpha: int | None = None  # None: 2 x lora_rank (the original hard-coded 32)
+    lora_dropout: float = 0.05
+    target_modules: str = "c_attn|w1|w2"  # "|"-separated module names, or "all-linear"
+    # Filled in when the model is built; recorded so a checkpoint can be checked against its base.
+    num_image_tokens: int | None = None
+    vision_hidden_size: int | None = None
+    llm_hidden_size: int | None = None
+    chat_template: str | None = None
+
+    def __post_init__(self):
+        for name, allowed in MODES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_rank
+
+    @property
+    def lora_targets(self):
+        return "all-linear" if self.target_modules == "all-linear" else self.target_modules.split("|")
+
+    def save(self, folder: str):
+        with open(os.path.join(folder, CONFIG_NAME), "w") as f:
+            json.dump(asdict(self), f, indent=2, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, folder: str) -> "VLMConfig":
+        with open(os.path.join(folder, CONFIG_NAME)) as f:
+            data = json.load(f)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

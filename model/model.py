@@ -1,0 +1,158 @@
+"""VisionLanguageModel: vision tower -> projector -> LLM.
+
+The processor has already expanded each image marker into N image tokens, so the model only writes
+the projected features into those positions (one masked_scatter on the input embeddings) and calls
+the LLM with `inputs_embeds`. Labels, attention masks and positions never need re-aligning, and the
+same code serves our QWen and any Hugging Face causal LM. This is the file to edit for a new design.
+"""
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import AddedToken
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
+from visual import FeatureSelection, load_vision_tower
+
+from .config import IMAGE_MARKER, VLMConfig
+from .processor import VLMProcessor
+from .projector import build_projector
+
+
+def add_image_token(tokenizer, llm, image_token: str) -> str:
+    """The token that marks image positions: IMAGE_MARKER where the vocabulary has it (Qwen), else
+    `image_token`, added as a special token."""
+    vocab = tokenizer.get_vocab()
+    if IMAGE_MARKER in vocab:
+        return IMAGE_MARKER
+    if image_token not in vocab:
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+    old = llm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old:  # many LLMs pad their embedding matrix, so often no resize is needed
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():  # deterministic new rows, so a reloaded model gives identical logits
+            for emb in {llm.get_input_embeddings(), llm.get_output_embeddings()} - {None}:
+                emb.weight[old:] = emb.weight[:old].mean(0)
+    return image_token
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, config: VLMConfig, vision_tower, llm, tokenizer):
+        super().__init__()
+        self.config = config
+        self.vision_tower = vision_tower
+        self.llm = llm
+        self.tokenizer = tokenizer
+        # trainable parts stay fp32 even under a bf16 LLM: it is tiny, and keeps AdamW exact
+        self.projector = build_projector(config.projector_type, vision_tower.hidden_size, config.llm_hidden_size)
+        self.projector.to(llm.device)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        self.processor = VLMProcessor(tokenizer, vision_tower.image_processor, config.image_token,
+                                      config.num_image_tokens, config.chat_template, config.system_prompt)
+
+    @classmethod
+    def build(cls, config: VLMConfig, dtype=torch.float32, device="cpu", llm_path=None, vision_path=None):
+        """Base parts by name (hub ids or folders); fills in the config's derived fields. No modes applied."""
+        llm_path = llm_path or config.llm
+        tokenizer = AutoTokenizer.from_pretrained(llm_path)
+        llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype).to(device)
+        selection = FeatureSelection(config.select_layer, config.select_feature, config.post_layernorm)
+        tower = load_vision_tower(vision_path or config.vision, selection, dtype=dtype, device=device)
+        config.image_token = add_image_token(tokenizer, llm, config.image_token)
+        config.num_image_tokens = tower.num_patches
+        config.vision_hidden_size = tower.hidden_size
+        config.llm_hidden_size = llm.config.get_text_config().hidden_size
+        config.chat_template = config.chat_template or tokenizer.chat_template
+        return cls(config, tower, llm, tokenizer)
+
+    # ---- trainable parts ----
+
+    def apply_trainable_modes(self):
+        """vision frozen|full, projector train|frozen, llm frozen|lora|full. Frozen parameters get
+        requires_grad=False, so they receive no gradient and no optimizer state."""
+        cfg = self.config
+        self.vision_tower.set_trainable(cfg.vision_mode == "full")
+        self.projector.requires_grad_(cfg.projector_mode == "train")
+        if cfg.llm_mode == "lora" and not isinstance(self.llm, PeftModel):
+            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
+            try:
+                self.llm = get_peft_model(self.llm, lora)
+            except ValueError as e:
+                raise ValueError(f"LoRA target_modules {cfg.target_modules!r} match no module of {cfg.llm}: {e}") from None
+        elif cfg.llm_mode != "lora":
+            self.llm.requires_grad_(cfg.llm_mode == "full")
+        return self
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # LoRA under reentrant checkpointing needs inputs that require grad, even with a frozen projector
+        self.llm.enable_input_require_grads()
+
+    # ---- forward ----
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = self.vision_tower(pixel_values)  # (n_images, N, D_vision)
+        projector_dtype = next(self.projector.parameters()).dtype
+        return self.projector(features.to(projector_dtype))  # (n_images, N, D_llm)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with image features written over the image-token positions."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, C)
+        image_mask = input_ids == self.image_token_id  # (B, T)
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        n_tokens, n_features = int(image_mask.sum()), n_images * self.config.num_image_tokens
+        if n_tokens != n_features:
+            raise ValueError(f"the batch holds {n_tokens} image tokens but {n_features} image features "
+                             f"({n_images} images x {self.config.num_image_tokens})")
+        if n_images == 0:
+            return embeds
+        features = self.image_features(pixel_values).to(embeds.dtype)
+        return embeds.masked_scatter(image_mask[..., None].expand_as(embeds), features)
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs):
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    # ---- generation ----
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The chat template's end-of-turn token (<|im_end|> in ChatML) and the tokenizer's EOS."""
+        ids = [self.processor.end_of_turn_id, self.tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, **generate_kwargs) -> torch.Tensor:
+        """Greedy by default; sampling and beam search through the usual generate arguments, with the KV
+        cache. Returns only the new tokens (B, new), each answer complete up to its stop token."""
+        generate_kwargs.setdefault("eos_token_id", self.stop_token_ids)
+        generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.stop_token_ids[0])
+        generate_kwargs.setdefault("do_sample", False)
+        embeds = self.embed(input_ids, pixel_values)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def answer(self, conversations: list[list[dict]], images: list[list] | None = None, **generate_kwargs):
+        """Answers the last user turn of each conversation (messages hold IMAGE_MARKERs; images are PIL)."""
+        prompts = [self.processor.render(messages, add_generation_prompt=True) for messages in conversations]
+        batch = self.processor(prompts, images, padding_side="left")
+        device = self.llm.device
+        out = self.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                            None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
+                            **generate_kwargs)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
+
+    # ---- checkpoints ----
+
+    def save_pretrained(self, folder: str):
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str, **kwargs) -> "VisionLanguageModel":
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(folder, **kwargs)

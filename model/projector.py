@@ -1,0 +1,26 @@
+"""Projectors from vision features (B, N, D_vision) to LLM embeddings (B, N, D_llm).
+
+Each kind is one small function, chosen by its exact name. Initialisation is PyTorch's default for
+nn.Linear (uniform in ±1/sqrt(fan_in), as LLaVA-1.5 and the original project use), so recipes and
+learning rates published for mlp2x_gelu carry over; stage-1 alignment then learns the output scale.
+"""
+
+from torch import nn
+
+
+def linear(vision_dim: int, llm_dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(vision_dim, llm_dim))
+
+
+def mlp2x_gelu(vision_dim: int, llm_dim: int) -> nn.Module:
+    # Sequential indices 0 and 2 are the weight names of the original project's other_params.bin.
+    return nn.Sequential(nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+
+
+PROJECTORS = {"linear": linear, "mlp2x_gelu": mlp2x_gelu}
+
+
+def build_projector(kind: str, vision_dim: int, llm_dim: int) -> nn.Module:
+    if kind not in PROJECTORS:
+        raise ValueError(f"unknown projector {kind!r}; choose one of {sorted(PROJECTORS)}")
+    return PROJECTORS[kind](vision_dim, llm_dim)
