@@ -80,7 +80,8 @@ class VisionLanguageModel(nn.Module):
             try:
                 self.llm = get_peft_model(self.llm, lora)
             except ValueError as e:
-                raise ValueError(f"LoRA target_modules {cfg.target_modules!r} match no module of {cfg.llm}: {e}") from None
+                message = f"LoRA target_modules {cfg.target_modules!r} match no module of {cfg.llm}: {e}"
+                raise ValueError(message) from None
         elif cfg.llm_mode != "lora":
             self.llm.requires_grad_(cfg.llm_mode == "full")
         return self
