@@ -1,1 +1,7 @@
 """Training data: the Dataset, the chat-template rendering with label masking, and the collator."""
+
+from .collator import VLMCollator
+from .conversation import IGNORE_INDEX, encode_conversation
+from .dataset import VLMDataset
+
+__all__ = ["IGNORE_INDEX", "VLMCollator", "VLMDataset", "encode_conversation"]

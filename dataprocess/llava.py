@@ -1,0 +1,33 @@
+"""LLaVA instruct JSON (detail_23k, complex_reasoning_77k, conversation_58k, llava_instruct_150k,
+llava_v1_5_mix665k, blip_laion_cc_sbu_558k) -> samples. Every turn is kept."""
+
+from .records import DataError, RawSample
+
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+LLAVA_IMAGE = "<image>"
+
+
+def convert_llava(entries: list, file: str, marker: str) -> list[RawSample]:
+    if not isinstance(entries, list):
+        raise DataError(f"{file}: expected a JSON list of LLaVA samples")
+    samples = []
+    for i, entry in enumerate(entries):
+        where = f"{file}: entry {i}" + (f" (id {entry.get('id')})" if isinstance(entry, dict) else "")
+        if not isinstance(entry, dict) or "conversations" not in entry or "id" not in entry:
+            raise DataError(f"{where} lacks 'id' or 'conversations'")
+        turns = []
+        for turn in entry["conversations"]:
+            if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+                raise DataError(f"{where} has a turn that is not {{'from': human|gpt|system, 'value': str}}")
+            turns.append({"role": ROLES[turn["from"]], "content": turn["value"].replace(LLAVA_IMAGE, marker)})
+        images = [entry["image"]] if entry.get("image") else []
+        n_markers = sum(t["content"].count(marker) for t in turns)
+        first_user = next((t for t in turns if t["role"] == "user"), None)
+        if first_user is None or not any(t["role"] == "assistant" for t in turns):
+            raise DataError(f"{where} needs at least one human and one gpt turn")
+        if images and n_markers == 0:  # a few instruct sets omit <image>: it goes before the first question
+            first_user["content"] = f"{marker}\n{first_user['content']}"
+        elif n_markers != len(images):
+            raise DataError(f"{where} has {n_markers} <image> tokens for {len(images)} images")
+        samples.append(RawSample(str(entry["id"]), images, turns))
+    return samples

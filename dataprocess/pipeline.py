@@ -1,0 +1,165 @@
+"""Convert, merge and validate the configured sources into image_map.json, captions.json and a report."""
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing import Pool
+
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+from model.config import IMAGE_MARKER
+
+from .captions import convert_ai_challenger, convert_coco_captions
+from .llava import convert_llava
+from .records import DataError
+
+CAPTION_MODES = ("separate", "alternatives")
+EXAMPLES = 5  # example paths or ids kept per problem in the report
+
+
+@dataclass
+class SourceConfig:
+    type: str  # llava | ai_challenger | coco_captions
+    annotations: str
+    image_dir: str
+    name: str | None = None  # default: type:annotation-file-stem
+    captions: str = "separate"  # caption sources: separate | alternatives
+
+    def __post_init__(self):
+        if self.type not in CONVERTERS:
+            raise DataError(f"source type {self.type!r} is not one of {sorted(CONVERTERS)}")
+        if self.captions not in CAPTION_MODES:
+            raise DataError(f"captions must be one of {CAPTION_MODES}, got {self.captions!r}")
+        self.name = self.name or f"{self.type}:{os.path.splitext(os.path.basename(self.annotations))[0]}"
+
+
+@dataclass
+class ProcessConfig:
+    output_dir: str
+    sources: list[SourceConfig]
+    seed: int = 0  # prompt and marker-position draws for caption sources
+    full_decode: bool = False  # decode every pixel, not only the header (slower, catches truncated files)
+    workers: int | None = None  # validation processes; default: all cores
+
+
+def load_config(path: str) -> ProcessConfig:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        sources = [SourceConfig(**s) for s in raw.pop("sources")]
+        return ProcessConfig(sources=sources, **raw)
+    except FileNotFoundError:
+        raise DataError(f"config file not found: {path}") from None
+    except (TypeError, KeyError, AttributeError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: not a valid process config ({e})") from None
+
+
+CONVERTERS = {
+    "llava": lambda data, src, seed: convert_llava(data, src.annotations, IMAGE_MARKER),
+    "ai_challenger": lambda data, src, seed: convert_ai_challenger(data, src.annotations, IMAGE_MARKER,
+                                                                   src.captions, seed),
+    "coco_captions": lambda data, src, seed: convert_coco_captions(data, src.annotations, IMAGE_MARKER,
+                                                                   src.captions, seed),
+}
+
+
+def read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"annotation file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+
+
+def check_image(args) -> str:
+    """'ok', 'missing' or 'corrupt'. Runs in a worker process."""
+    path, full_decode = args
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        with Image.open(path) as image:
+            image.load() if full_decode else image.verify()
+        return "ok"
+    except Exception:  # PIL raises many types for bad files; any of them means unusable
+        return "corrupt"
+
+
+class ImageRegistry:
+    """One key per distinct file (by real path): `<image_dir name>/<relative path>`, suffixed on clashes."""
+
+    def __init__(self):
+        self.key_of: dict[str, str] = {}
+        self.path_of: dict[str, str] = {}
+
+    def key(self, image_dir: str, relative: str) -> str:
+        path = os.path.realpath(os.path.join(image_dir, relative))
+        if path not in self.key_of:
+            base = f"{os.path.basename(os.path.normpath(image_dir))}/{relative}".replace(os.sep, "/")
+            key, n = base, 1
+            while key in self.path_of:
+                n += 1
+                key = f"{base}#{n}"
+            self.key_of[path], self.path_of[key] = key, path
+        return self.key_of[path]
+
+
+def write_json_atomic(obj, path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def process(config: ProcessConfig, progress: bool = True) -> dict:
+    registry = ImageRegistry()
+    converted = []  # (source, [(sample id, [keys], conversations)])
+    for src in config.sources:
+        raw = CONVERTERS[src.type](read_json(src.annotations), src, config.seed)
+        seen, samples = Counter(), []
+        for s in raw:
+            seen[s.id] += 1
+            sample_id = f"{src.name}/{s.id}" + (f"#dup{seen[s.id]}" if seen[s.id] > 1 else "")
+            samples.append((sample_id, [registry.key(src.image_dir, p) for p in s.images], s.conversations))
+        converted.append((src, samples))
+
+    paths = sorted(registry.path_of.values())
+    with Pool(config.workers) as pool:
+        results = list(tqdm(pool.imap(check_image, [(p, config.full_decode) for p in paths], chunksize=64),
+                            total=len(paths), desc="checking images", disable=not progress))
+    status = dict(zip(paths, results, strict=True))
+
+    image_map, captions, report = {}, [], {}
+    for src, samples in converted:
+        bad = {k: status[registry.path_of[k]] for _, keys, _ in samples for k in keys
+               if status[registry.path_of[k]] != "ok"}
+        dropped = [sid for sid, keys, _ in samples if any(k in bad for k in keys)]
+        for sample_id, keys, conversations in samples:
+            if any(k in bad for k in keys):
+                continue
+            image_map.update({k: {"path": registry.path_of[k]} for k in keys})
+            captions.append({"id": sample_id, "source": src.name, "images": keys, "conversations": conversations})
+        missing = sorted(registry.path_of[k] for k, v in bad.items() if v == "missing")
+        corrupt = sorted(registry.path_of[k] for k, v in bad.items() if v == "corrupt")
+        report[src.name] = {
+            "annotations": src.annotations,
+            "samples_read": len(samples), "samples_written": len(samples) - len(dropped),
+            "samples_dropped": len(dropped), "images_missing": len(missing), "images_corrupt": len(corrupt),
+            "examples": {"missing": missing[:EXAMPLES], "corrupt": corrupt[:EXAMPLES], "dropped": dropped[:EXAMPLES]},
+        }
+    out = config.output_dir
+    write_json_atomic(image_map, os.path.join(out, "image_map.json"))
+    write_json_atomic(captions, os.path.join(out, "captions.json"))
+    write_json_atomic(report, os.path.join(out, "process_report.json"))
+    return report
