@@ -11,7 +11,8 @@ from collections import defaultdict
 
 from .records import DataError, RawSample
 
-ZH_PROMPTS = ["描述一下这张图片。", "这幅图像描述了什么？", "请用一句话描述图中的内容。", "图片里有什么？", "简要描述这张图片。"]
+ZH_PROMPTS = ["描述一下这张图片。", "这幅图像描述了什么？", "请用一句话描述图中的内容。", "图片里有什么？",
+              "简要描述这张图片。"]
 EN_PROMPTS = ["Describe this image briefly.", "What is in this picture?", "Give a short caption for the image.",
               "Summarize the image in one sentence.", "What does this image show?"]
 

@@ -159,7 +159,8 @@ def test_malformed_annotations_stop_with_a_sentence(datasets, tmp_path, capsys):
 def test_bad_config(tmp_path):
     with pytest.raises(DataError, match="config file not found"):
         load_config(str(tmp_path / "none.yaml"))
-    (tmp_path / "c.yaml").write_text("output_dir: x\nsources:\n  - type: flickr\n    annotations: a\n    image_dir: b\n")
+    (tmp_path / "c.yaml").write_text(
+        "output_dir: x\nsources:\n  - type: flickr\n    annotations: a\n    image_dir: b\n")
     with pytest.raises(DataError, match="source type 'flickr'"):
         load_config(str(tmp_path / "c.yaml"))
 

@@ -82,7 +82,7 @@ def test_qwen_system_prompt_is_configurable_and_masked(qwen_tokenizer):
 @pytest.fixture
 def data_files(tmp_path):
     paths = {}
-    for i, color in enumerate(["red", "blue", "green"]):
+    for color in ["red", "blue", "green"]:
         Image.new("RGB", (50, 40), color).save(tmp_path / f"{color}.png")
         paths[color] = {"path": str(tmp_path / f"{color}.png")}
     samples = [
