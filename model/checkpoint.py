@@ -46,21 +46,29 @@ class LegacyCheckpoint:
 
 @contextmanager
 def atomic_folder(folder: str):
-    """Yields a temporary sibling folder that replaces `folder` only once everything is written, so a
-    crash or a full disk mid-save never destroys the last good copy."""
+    """Yields a temporary sibling folder. Once everything is written there, its entries replace those of
+    `folder` by renames (other entries of `folder`, such as the Trainer's checkpoint-N/, stay), so a
+    crash or a full disk mid-save never leaves a half-written file where a good one was."""
     folder = os.path.abspath(folder)
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=os.path.dirname(folder))
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = tmp + ".old"
-    if os.path.exists(folder):
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(tmp):
+        src, dst = os.path.join(tmp, name), os.path.join(folder, name)
+        if os.path.isdir(dst):
+            old = f"{tmp}.old-{name}"
+            os.rename(dst, old)
+            os.rename(src, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(src, dst)
+    os.rmdir(tmp)
 
 
 def save_checkpoint(model: VisionLanguageModel, folder: str):
@@ -151,3 +159,33 @@ def load_projector(model: VisionLanguageModel, state: dict, folder: str):
     if expected != found:
         raise ValueError(f"the projector in {folder} has shapes {found}, but these base models need {expected}")
     model.projector.load_state_dict(state)
+
+
+def load_trainable_weights(model: VisionLanguageModel, folder: str):
+    """Restores, in place, the weights a checkpoint of this model's own run holds (resume)."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    cfg = model.config
+    require(folder, PROJECTOR_WEIGHTS)
+    load_projector(model, load_file(os.path.join(folder, PROJECTOR_WEIGHTS)), folder)
+    if cfg.llm_mode == "lora":
+        result = set_peft_model_state_dict(model.llm, load_peft_weights(folder))
+        assert not result.unexpected_keys, f"{folder}: adapter weights not in the model: {result.unexpected_keys[:3]}"
+    elif cfg.llm_mode == "full":
+        model.llm.load_state_dict(load_sharded(os.path.join(folder, LLM_DIR)))
+    if cfg.vision_mode == "full":
+        from visual import load_vision_tower
+
+        saved = load_vision_tower(os.path.join(folder, VISION_DIR), model.vision_tower.selection)
+        model.vision_tower.load_state_dict(saved.state_dict())
+
+
+def load_sharded(folder: str) -> dict:
+    """All tensors of a save_pretrained folder's safetensors files, one or sharded."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    require(folder, *files[:1] or ["model.safetensors"])
+    state = {}
+    for f in files:
+        state.update(load_file(os.path.join(folder, f)))
+    return state

@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import AddedToken
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
 from visual import FeatureSelection, load_vision_tower
@@ -52,13 +52,17 @@ class VisionLanguageModel(nn.Module):
                                       config.num_image_tokens, config.chat_template, config.system_prompt)
 
     @classmethod
-    def build(cls, config: VLMConfig, dtype=torch.float32, device="cpu", llm_path=None, vision_path=None):
+    def build(cls, config: VLMConfig, dtype=torch.float32, device="cpu", llm_path=None, vision_path=None,
+              vision_dtype=None, attn_implementation=None):
         """Base parts by name (hub ids or folders); fills in the config's derived fields. No modes applied."""
         llm_path = llm_path or config.llm
         tokenizer = AutoTokenizer.from_pretrained(llm_path)
-        llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype).to(device)
+        llm_kwargs = {"dtype": dtype}
+        if attn_implementation and AutoConfig.from_pretrained(llm_path).model_type != "qwen":  # QWen: always SDPA
+            llm_kwargs["attn_implementation"] = attn_implementation
+        llm = AutoModelForCausalLM.from_pretrained(llm_path, **llm_kwargs).to(device)
         selection = FeatureSelection(config.select_layer, config.select_feature, config.post_layernorm)
-        tower = load_vision_tower(vision_path or config.vision, selection, dtype=dtype, device=device)
+        tower = load_vision_tower(vision_path or config.vision, selection, dtype=vision_dtype or dtype, device=device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
         config.num_image_tokens = tower.num_patches
         config.vision_hidden_size = tower.hidden_size
@@ -86,11 +90,18 @@ class VisionLanguageModel(nn.Module):
             self.llm.requires_grad_(cfg.llm_mode == "full")
         return self
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        """Recomputes the LLM's blocks in the backward pass (the Trainer calls this)."""
+        kwargs_ = activation_checkpointing_kwargs or {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_, **kwargs)
+        else:  # transformers before the rename
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_)
         # LoRA under reentrant checkpointing needs inputs that require grad, even with a frozen projector
         self.llm.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):  # the pre-5.x name
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     # ---- forward ----
 

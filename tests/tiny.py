@@ -107,3 +107,31 @@ def save_tiny_qwen2(folder):
     Qwen2ForCausalLM(config).save_pretrained(folder)
     byte_level_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40)}
+
+
+def write_color_dataset(folder, n=32):
+    """A learnable toy set in the project's schema: a solid-colour image, "What colour?" -> its name."""
+    import json
+    import os
+
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    image_map, samples = {}, []
+    for name, rgb in COLORS.items():
+        path = os.path.join(folder, f"{name}.png")
+        Image.new("RGB", (40, 40), rgb).save(path)
+        image_map[name] = {"path": path}
+    names = list(COLORS)
+    for i in range(n):
+        color = names[i % len(names)]
+        samples.append({"id": f"c{i}", "source": "colors", "images": [color], "conversations": [
+            {"role": "user", "content": "<|extra_0|>What colour?"}, {"role": "assistant", "content": color}]})
+    with open(os.path.join(folder, "image_map.json"), "w") as f:
+        json.dump(image_map, f)
+    with open(os.path.join(folder, "captions.json"), "w") as f:
+        json.dump(samples, f)
+    return os.path.join(folder, "image_map.json"), os.path.join(folder, "captions.json")

@@ -1,0 +1,55 @@
+#!/bin/sh
+# Train a VLM on CUDA GPUs: one GPU, several, or several nodes. Extra arguments pass through to train.py.
+#   sh train.sh                       # stage 2 of the original recipe (LoRA on Qwen-7B-Chat + projector)
+#   STAGE=1 sh train.sh               # stage 1: projector alignment only, everything else frozen
+#   STAGE=2 INIT_PROJECTOR=./weights/stage1 sh train.sh
+#   DEEPSPEED=configs/zero3.json sh train.sh
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 sh train.sh   # on each node, its own NODE_RANK
+set -e
+cd "$(dirname "$0")"
+
+LLM=${LLM:-Qwen/Qwen-7B-Chat}
+VISION=${VISION:-google/siglip-so400m-patch14-384}
+STAGE=${STAGE:-2}
+OUTPUT_DIR=${OUTPUT_DIR:-./weights/train_stage${STAGE}}
+IMAGE_MAP=${IMAGE_MAP:-data/image_map.json}
+CAPTIONS=${CAPTIONS:-data/captions.json}
+
+if [ "$STAGE" = 1 ]; then
+    # LLaVA-1.5 pretrain (scripts/v1_5/pretrain.sh): projector only, lr 1e-3, 1 epoch, warmup 3%, cosine.
+    RECIPE="--llm_mode frozen --projector_mode train --learning_rate 1e-3 --num_train_epochs 1
+            --warmup_steps 0.03 --lr_scheduler_type cosine --weight_decay 0"
+else
+    # The original project's train.sh: LoRA r=128, dropout 0.1 on c_attn|w1|w2, lr 3e-5, projector lr 1e-4,
+    # 2 epochs. (LLaVA-1.5's finetune_lora.sh uses r=128, alpha=256, lr 2e-4, projector lr 2e-5, 1 epoch.)
+    RECIPE="--llm_mode lora --lora_rank 128 --lora_dropout 0.1 --target_modules c_attn|w1|w2
+            --learning_rate 3e-5 --feature_proj_lr 1e-4 --num_train_epochs 2"
+    if [ -n "$INIT_PROJECTOR" ]; then RECIPE="$RECIPE --init_projector $INIT_PROJECTOR"; fi
+fi
+if [ -n "$DEEPSPEED" ]; then RECIPE="$RECIPE --deepspeed $DEEPSPEED"; fi
+
+# One process per visible GPU.
+if [ -n "$CUDA_VISIBLE_DEVICES" ]; then
+    NPROC=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
+elif command -v nvidia-smi >/dev/null 2>&1; then
+    NPROC=$(nvidia-smi -L | grep -c GPU)
+else
+    NPROC=1
+fi
+NPROC=${NPROC_PER_NODE:-$NPROC}
+
+# The repo's .venv when there is one, else PYTHON or python3 (a conda env, say).
+if [ -z "$PYTHON" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+# shellcheck disable=SC2086
+exec "$PYTHON" -m torch.distributed.run --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --nproc_per_node "$NPROC" \
+    --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
+    train.py \
+    --base_language_model "$LLM" --base_vision_model "$VISION" \
+    --image_map "$IMAGE_MAP" --captions_file "$CAPTIONS" \
+    --output_dir "$OUTPUT_DIR" \
+    --per_device_train_batch_size 4 \
+    --save_steps 1000 --save_total_limit 5 --logging_steps 100 --seed 42 \
+    --dataloader_num_workers 4 --train_sampling_strategy group_by_length \
+    $RECIPE "$@"

@@ -1,0 +1,1 @@
+"""Training: typed arguments, the Trainer subclass, and the loss-curve plot."""

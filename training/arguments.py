@@ -1,0 +1,53 @@
+"""Typed command-line arguments of train.py, parsed with HfArgumentParser.
+
+Every flag of the original train.sh keeps its meaning: --lora_rank, --lora_dropout, --feature_proj_lr,
+--target_modules, --image_map, --captions_file, and the standard TrainingArguments flags.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    base_language_model: str = field(metadata={"help": "hub id or folder of the LLM (AutoModelForCausalLM)"})
+    base_vision_model: str = field(metadata={"help": "CLIP/SigLIP hub id or folder, or open_clip:ARCH/TAG"})
+    select_layer: int = field(default=-2, metadata={"help": "vision hidden state: -2 is the penultimate block"})
+    select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch | all_but_first"})
+    post_layernorm: bool = field(default=False, metadata={"help": "apply the vision post-layernorm"})
+    projector_type: str = field(default="mlp2x_gelu", metadata={"help": "mlp2x_gelu | linear"})
+    image_token: str = field(default="<image>", metadata={"help": "added for LLMs without <|extra_0|>"})
+    vision_mode: str = field(default="frozen", metadata={"help": "frozen | full"})
+    projector_mode: str = field(default="train", metadata={"help": "train | frozen"})
+    llm_mode: str = field(default="lora", metadata={"help": "frozen | lora | full"})
+    lora_rank: int = field(default=128)
+    lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 x lora_rank"})
+    lora_dropout: float = field(default=0.05)
+    target_modules: str = field(default="c_attn|w1|w2", metadata={"help": "'|'-separated names, or all-linear"})
+    init_projector: str | None = field(
+        default=None, metadata={"help": "stage 2: start from this stage-1 checkpoint folder's projector"}
+    )
+
+
+@dataclass
+class DataArguments:
+    image_map: str = field(default="data/image_map.json")
+    captions_file: str = field(default="data/captions.json")
+    max_length: int = field(default=2048, metadata={"help": "tokens per sample, image tokens included"})
+    system_prompt: str | None = field(default=None, metadata={"help": "default: the chat template's own"})
+
+
+@dataclass
+class VLMTrainingArguments(TrainingArguments):
+    feature_proj_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 where the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32"}
+    )
+    auto_resume: bool = field(
+        default=True, metadata={"help": "resume from the last checkpoint in output_dir when there is one"}
+    )
+    # the Trainer's defaults that do not fit a VLM
+    remove_unused_columns: bool = field(default=False)

@@ -1,0 +1,61 @@
+"""Loss-curve PNG from a run's trainer_state.json:  python -m training.plot RUN_DIR"""
+
+import json
+import os
+import sys
+
+from transformers.trainer_utils import get_last_checkpoint
+
+STATE = "trainer_state.json"
+
+
+def find_state(run_dir: str) -> str:
+    path = os.path.join(run_dir, STATE)
+    if os.path.isfile(path):
+        return path
+    last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if last is None:
+        raise FileNotFoundError(f"no {STATE} in {run_dir} or its checkpoints")
+    return os.path.join(last, STATE)
+
+
+def plot_loss(run_dir: str) -> str:
+    """Writes RUN_DIR/loss.png (training loss per logged step, and learning rate) and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    with open(find_state(run_dir)) as f:
+        history = json.load(f)["log_history"]
+    logged = [h for h in history if "loss" in h]
+    if not logged:
+        raise ValueError(f"{run_dir}: the run logged no loss yet")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([h["step"] for h in logged], [h["loss"] for h in logged], color="tab:blue", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if all("learning_rate" in h for h in logged):
+        lr = ax.twinx()
+        lr.plot([h["step"] for h in logged], [h["learning_rate"] for h in logged], color="tab:orange",
+                alpha=0.6, label="learning rate")
+        lr.set_ylabel("learning rate")
+    ax.set_title(os.path.basename(os.path.abspath(run_dir)))
+    fig.tight_layout()
+    out = os.path.join(run_dir, "loss.png")
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    try:
+        print(plot_loss(sys.argv[1]))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
