@@ -44,7 +44,8 @@ class VLMTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
     )
     precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 where the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32"}
+        default="auto",
+        metadata={"help": "auto (bf16 where the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32"},
     )
     auto_resume: bool = field(
         default=True, metadata={"help": "resume from the last checkpoint in output_dir when there is one"}
