@@ -14,6 +14,7 @@ from tqdm import tqdm
 from model.config import IMAGE_MARKER
 
 from .captions import convert_ai_challenger, convert_coco_captions
+from .conversations import convert_conversations
 from .llava import convert_llava
 from .records import DataError
 
@@ -23,7 +24,7 @@ EXAMPLES = 5  # example paths or ids kept per problem in the report
 
 @dataclass
 class SourceConfig:
-    type: str  # llava | ai_challenger | coco_captions
+    type: str  # llava | ai_challenger | coco_captions | conversations
     annotations: str
     image_dir: str
     name: str | None = None  # default: type:annotation-file-stem
@@ -59,6 +60,7 @@ def load_config(path: str) -> ProcessConfig:
 
 
 CONVERTERS = {
+    "conversations": lambda data, src, seed: convert_conversations(data, src.annotations, IMAGE_MARKER),
     "llava": lambda data, src, seed: convert_llava(data, src.annotations, IMAGE_MARKER),
     "ai_challenger": lambda data, src, seed: convert_ai_challenger(data, src.annotations, IMAGE_MARKER,
                                                                    src.captions, seed),

@@ -11,6 +11,7 @@ The original project's layout: adapter_config.json, adapter_model.bin, other_par
 """
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ PROJECTOR_WEIGHTS = "projector.safetensors"
 LLM_DIR, VISION_DIR = "llm", "vision"
 ADAPTER_CONFIG = "adapter_config.json"
 LEGACY_PROJECTOR, LEGACY_ADAPTER = "other_params.bin", "adapter_model.bin"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,10 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
     require(folder, *needed[config.llm_mode], *([VISION_DIR] if config.vision_mode == "full" else []))
     llm_path = os.path.join(folder, LLM_DIR) if config.llm_mode == "full" else llm or config.llm
     vision_path = os.path.join(folder, VISION_DIR) if config.vision_mode == "full" else vision or config.vision
+    if config.llm_mode == "full" and llm:
+        logger.warning("checkpoint %s holds its whole LLM; the base LLM %s is not used", folder, llm)
+    if config.vision_mode == "full" and vision:
+        logger.warning("checkpoint %s holds its whole vision tower; %s is not used", folder, vision)
     check_llm_matches(config, llm_path, folder)
     model = VisionLanguageModel.build(replace(config), dtype, device, llm_path, vision_path)
     check_vision_matches(config, model.config, vision_path, folder)

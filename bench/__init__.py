@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks against transformers' Llava (results in BENCHMARKS.md)."""

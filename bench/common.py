@@ -1,0 +1,108 @@
+"""Shared pieces of the benchmarks: one VLM built twice (ours and transformers' Llava) with identical
+weights, realistic text lengths, timing and memory helpers."""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlavaForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from model import VisionLanguageModel, VLMConfig
+from model.export import export
+
+# Text tokens per sample, LLaVA-instruct-like: short captions to long multi-turn conversations.
+LENGTHS = [24, 40, 64, 96, 128, 192, 256, 384]
+
+
+def byte_tokenizer():
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from tiny import byte_level_tokenizer
+
+    return byte_level_tokenizer()
+
+
+def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int = 384, vision_layers: int = 4):
+    """Our VLM and a LlavaForConditionalGeneration with the same weights: a CLIP-style tower (224 px,
+    patch 16: 196 tokens), a Qwen2-style LLM and the mlp2x_gelu projector."""
+    torch.manual_seed(0)
+    llm_dir, vision_dir = os.path.join(root, "llm"), os.path.join(root, "vision")
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=272, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+                                 num_key_value_heads=8, intermediate_size=4 * hidden, max_position_embeddings=2048,
+                                 tie_word_embeddings=False)).save_pretrained(llm_dir)
+    byte_tokenizer().save_pretrained(llm_dir)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
+                                     num_hidden_layers=vision_layers, num_attention_heads=6, image_size=224,
+                                     patch_size=16)).save_pretrained(vision_dir)
+    CLIPImageProcessor().save_pretrained(vision_dir)
+    ours = VisionLanguageModel.build(VLMConfig(llm=llm_dir, vision=vision_dir, llm_mode="full")).apply_trainable_modes()
+    ours.save_pretrained(os.path.join(root, "ours"))
+    export(os.path.join(root, "ours"), os.path.join(root, "llava"), fmt="llava")
+    llava = LlavaForConditionalGeneration.from_pretrained(os.path.join(root, "llava"))
+    llava.model.vision_tower.requires_grad_(False)  # frozen, as ours
+    return ours, llava
+
+
+def batch(model, lengths: list[int], padding_side: str = "right") -> dict:
+    """One image and `length` random text tokens per sample, padded like the collator does."""
+    g = torch.Generator().manual_seed(sum(lengths))
+    n, width = model.config.num_image_tokens, max(lengths) + model.config.num_image_tokens
+    ids = torch.full((len(lengths), width), model.tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, length in enumerate(lengths):
+        row = torch.cat([torch.full((n,), model.image_token_id), torch.randint(0, 256, (length,), generator=g)])
+        sl = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+        ids[i, sl], mask[i, sl] = row, 1
+    labels = ids.masked_fill((mask == 0) | (ids == model.image_token_id), -100)
+    pixels = torch.randn(len(lengths), 3, 224, 224, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+
+
+def median_time(fn, steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    import transformers
+
+    return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def tmpdir() -> str:
+    return tempfile.mkdtemp(prefix="vlm-bench-")
+
+
+def emit(result: dict):
+    print(json.dumps(result))

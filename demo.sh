@@ -1,0 +1,8 @@
+#!/bin/sh
+# The CPU demo: sets up .venv (first run only), then generates data, trains a tiny VLM through train.py,
+# evaluates it on held-out images with eval.py and prints examples. Arguments go to demo/run.py
+# (--seed N, --steps N, --quick).
+set -e
+cd "$(dirname "$0")"
+sh scripts/setup_venv.sh
+exec .venv/bin/python -m demo.run "$@"

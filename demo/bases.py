@@ -1,0 +1,34 @@
+"""The demo's tiny base models, built from configs with random weights and saved as ordinary model
+folders, so train.py loads them through the same from_pretrained path as a hub id."""
+
+import os
+
+import torch
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+from qwen import QWenConfig, QWenLMHeadModel, QWenTokenizer, write_byte_vocab
+
+
+def build_tiny_llm(folder: str, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> str:
+    """Our QWen architecture with a Qwen-format vocabulary of the 256 bytes plus the 208 special tokens."""
+    os.makedirs(folder, exist_ok=True)
+    tokenizer = QWenTokenizer(write_byte_vocab(os.path.join(folder, "qwen.tiktoken")))
+    torch.manual_seed(seed)
+    config = QWenConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=4, kv_channels=hidden_size // 4, intermediate_size=4 * hidden_size,
+                        seq_length=512, max_position_embeddings=512, use_dynamic_ntk=False, use_logn_attn=False)
+    QWenLMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_vision(folder: str, seed: int = 0, image_size: int = 64, patch_size: int = 8,
+                      hidden_size: int = 128, layers: int = 2) -> str:
+    """A CLIP-style ViT (random, and kept frozen in the demo) with CLIP's own image processor."""
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=layers,
+                              num_attention_heads=4, image_size=image_size, patch_size=patch_size)
+    CLIPVisionModel(config).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder

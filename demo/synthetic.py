@@ -1,0 +1,128 @@
+"""The CPU demo's task: one or two coloured shapes on a plain background, with exact answers.
+
+    python -m demo.synthetic --test_img test_img      # the example images of test.sh
+"""
+
+import argparse
+import json
+import os
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+from model.config import IMAGE_MARKER
+
+# English name -> (Chinese name, RGB)
+COLORS = {
+    "red": ("红色", (220, 40, 40)),
+    "green": ("绿色", (40, 170, 60)),
+    "blue": ("蓝色", (40, 80, 220)),
+    "yellow": ("黄色", (235, 210, 40)),
+    "purple": ("紫色", (140, 60, 170)),
+    "orange": ("橙色", (245, 140, 30)),
+    "white": ("白色", (245, 245, 245)),
+    "black": ("黑色", (20, 20, 20)),
+}
+SHAPES = ("circle", "square", "triangle")
+QUESTIONS = {"zh": "图中出现了哪些颜色？", "en": "What shapes are in the image?"}
+BACKGROUND = (90, 170)  # each of R, G, B is drawn from this range
+SIDE = (0.20, 0.35)  # bounding-box side, as a fraction of the image side
+MIN_GAP = 0.25  # horizontal distance between two centres, as a fraction of the image width
+
+
+@dataclass(frozen=True)
+class Placed:
+    shape: str
+    color: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1, inclusive pixel coordinates
+
+    @property
+    def center_x(self) -> float:
+        return (self.box[0] + self.box[2]) / 2
+
+
+def overlaps(a: Placed, b: Placed) -> bool:
+    return not (a.box[2] < b.box[0] or b.box[2] < a.box[0] or a.box[3] < b.box[1] or b.box[3] < a.box[1])
+
+
+def sample_scene(rng: random.Random, size: int) -> tuple[tuple[int, int, int], list[Placed]]:
+    """A background colour and 1-2 shapes of different colours, sorted left to right."""
+    background = tuple(rng.randint(*BACKGROUND) for _ in range(3))
+    n = rng.choice((1, 2))
+    colors = rng.sample(list(COLORS), n)
+    lo, hi = round(SIDE[0] * size), int(SIDE[1] * size)
+    while True:
+        shapes = []
+        for color in colors:
+            side = rng.randint(lo, hi)
+            x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
+            shapes.append(Placed(rng.choice(SHAPES), color, (x0, y0, x0 + side - 1, y0 + side - 1)))
+        if n == 1 or (abs(shapes[0].center_x - shapes[1].center_x) >= MIN_GAP * size
+                      and not overlaps(shapes[0], shapes[1])):
+            return background, sorted(shapes, key=lambda s: s.center_x)
+
+
+def render(background, shapes: list[Placed], size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for s in shapes:
+        rgb = COLORS[s.color][1]
+        x0, y0, x1, y1 = s.box
+        if s.shape == "circle":
+            draw.ellipse(s.box, fill=rgb)
+        elif s.shape == "square":
+            draw.rectangle(s.box, fill=rgb)
+        else:  # triangle, apex up
+            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=rgb)
+    return image
+
+
+def answer(shapes: list[Placed], lang: str) -> str:
+    if lang == "zh":
+        return "和".join(COLORS[s.color][0] for s in shapes)
+    return " and ".join(f"{'an' if s.color[0] in 'aeiou' else 'a'} {s.color} {s.shape}" for s in shapes)
+
+
+def question(rng: random.Random, lang: str) -> str:
+    """The image marker goes before or after the question, at random."""
+    return f"{IMAGE_MARKER}{QUESTIONS[lang]}" if rng.random() < 0.5 else f"{QUESTIONS[lang]}{IMAGE_MARKER}"
+
+
+def write_split(folder: str, n_images: int, size: int, seed: int) -> dict[str, str]:
+    """n_images PNGs and their Q&A, one zh and one en sample per image, in the `conversations` source
+    format that process_image.py reads. Returns {language: annotation file}."""
+    rng = random.Random(seed)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    samples = {lang: [] for lang in QUESTIONS}
+    for i in range(n_images):
+        background, shapes = sample_scene(rng, size)
+        name = f"images/{i:05d}.png"
+        render(background, shapes, size).save(os.path.join(folder, name))
+        for lang in QUESTIONS:
+            samples[lang].append({"id": f"{i:05d}", "images": [name], "conversations": [
+                {"role": "user", "content": question(rng, lang)},
+                {"role": "assistant", "content": answer(shapes, lang)}]})
+    files = {}
+    for lang, rows in samples.items():
+        files[lang] = os.path.join(folder, f"annotations_{lang}.json")
+        with open(files[lang], "w", encoding="utf-8") as f:
+            json.dump(rows, f, ensure_ascii=False)
+    return files
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--test_img", default="test_img", help="folder for the example images")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    rng = random.Random(2024)
+    os.makedirs(args.test_img, exist_ok=True)
+    for i in range(1, 4):
+        background, shapes = sample_scene(rng, args.size)
+        render(background, shapes, args.size).save(os.path.join(args.test_img, f"{i}.jpg"), quality=95)
+        print(f"{args.test_img}/{i}.jpg: {answer(shapes, 'zh')} / {answer(shapes, 'en')}")
+
+
+if __name__ == "__main__":
+    main()

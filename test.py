@@ -1,0 +1,203 @@
+"""Ask a trained VLM about images.
+
+    python test.py --model_weights CKPT --image_path IMG --prompt "这幅图像描述了什么？<|extra_0|>"
+    python test.py --model_weights CKPT --image_path IMG --interactive          # chat; /image PATH, /exit
+    python test.py --model_weights CKPT --image_path FOLDER --prompt Q --output answers.jsonl
+    python test.py --model_weights CKPT --questions questions.jsonl --output answers.jsonl
+
+The base-model flags are optional (the checkpoint names its base models); given, they override them,
+e.g. with local copies. Bad input ends with one sentence on stderr and exit code 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+import threading
+
+import torch
+from tqdm import tqdm
+from transformers import TextIteratorStreamer
+
+from model import IMAGE_MARKER, load_checkpoint
+from visual import ImageLoadError, load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class UsageError(ValueError):
+    """Bad input from the command line."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_weights", required=True, help="checkpoint folder (ours or the original project's)")
+    p.add_argument("--base_language_model", help="override the checkpoint's base LLM (hub id or folder)")
+    p.add_argument("--base_vision_model", "--base_value_model", dest="base_vision_model",
+                   help="override the checkpoint's vision encoder (--base_value_model is the original name)")
+    p.add_argument("--image_path", help="an image file, or a folder of images for batch answers")
+    p.add_argument("--prompt", default="", help=f"the question; {IMAGE_MARKER} marks where the image goes")
+    p.add_argument("--questions", help="JSONL of {\"image\": path, \"question\": str[, \"id\": ...]} to answer")
+    p.add_argument("--output", default="answers.jsonl", help="JSONL written by the batch modes")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal")
+    p.add_argument("--system", help="system prompt (default: the checkpoint's)")
+    p.add_argument("--no_stream", action="store_true", help="print the answer at the end, not token by token")
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=1.0, help="used with --do_sample")
+    p.add_argument("--top_p", type=float, default=1.0, help="used with --do_sample")
+    p.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cuda | cuda:N | mps | cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    return p.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for, but this machine has no CUDA GPU (try --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for, but MPS is not available here")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def with_image_marker(prompt: str, n_images: int, warn=True) -> str:
+    """Puts the marker before the question when an image is given and the prompt has none."""
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    count = prompt.count(IMAGE_MARKER)
+    if count > n_images:
+        raise UsageError(f"the prompt holds {count} image tokens but only {n_images} image(s) are given")
+    if count < n_images:
+        if warn:
+            print(f"note: the prompt has no {IMAGE_MARKER}; the image goes before the question", file=sys.stderr)
+        prompt = IMAGE_MARKER * (n_images - count) + prompt
+    return prompt
+
+
+def generation_kwargs(args) -> dict:
+    kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample}
+    if args.do_sample:
+        kwargs.update(temperature=args.temperature, top_p=args.top_p)
+    return kwargs
+
+
+def answer_one(model, messages, images, args) -> str:
+    """Answers the last user turn, streaming to stdout unless --no_stream (beam search cannot stream)."""
+    kwargs, out = generation_kwargs(args), sys.stdout
+    if args.no_stream or args.num_beams > 1:
+        text = model.answer([messages], [images], **kwargs)[0]
+        print(text, file=out, flush=True)
+        return text
+    streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(text=model.answer([messages], [images], streamer=streamer,
+                                                                             **kwargs)[0]))
+    thread.start()
+    for piece in streamer:
+        print(piece, end="", file=out, flush=True)
+    thread.join()
+    print(file=out, flush=True)
+    return result["text"]
+
+
+def read_questions(args) -> list[dict]:
+    if args.questions:
+        if not os.path.isfile(args.questions):
+            raise UsageError(f"questions file not found: {args.questions}")
+        rows = []
+        with open(args.questions, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                        rows.append({"id": row.get("id", n), "image": row["image"], "question": row["question"]})
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise UsageError(f"{args.questions} line {n} is not {{\"image\": ..., \"question\": ...}}") \
+                            from None
+        return rows
+    names = sorted(f for f in os.listdir(args.image_path) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+        raise UsageError(f"no images in folder {args.image_path}")
+    return [{"id": name, "image": os.path.join(args.image_path, name), "question": args.prompt} for name in names]
+
+
+def answer_batch(model, args):
+    rows = read_questions(args)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for start in tqdm(range(0, len(rows), args.batch_size), desc="answering", unit="batch"):
+            chunk = rows[start:start + args.batch_size]
+            images = [[load_image(r["image"])] for r in chunk]
+            conversations = [[{"role": "user", "content": with_image_marker(r["question"], 1, warn=False)}]
+                             for r in chunk]
+            for row, text in zip(chunk, model.answer(conversations, images, **generation_kwargs(args)), strict=True):
+                f.write(json.dumps({**row, "answer": text}, ensure_ascii=False) + "\n")
+    os.replace(tmp, args.output)
+    print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
+
+
+def chat(model, args, image):
+    """Multi-turn chat; the history stays in the chat template. /image PATH changes the image."""
+    messages, images, pending = [], [], [image] if image else []
+    print("chat: type a question; /image PATH to change the image; /exit or Ctrl-D to quit", file=sys.stderr)
+    for line in sys.stdin:
+        line = line.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if line.startswith("/image"):
+            try:
+                pending = [load_image(line[len("/image"):].strip())]
+                print("(image changed)", file=sys.stderr)
+            except ImageLoadError as e:
+                print(f"error: {e}", file=sys.stderr)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": with_image_marker(line, len(pending), warn=False)})
+        images += pending
+        pending = []
+        messages.append({"role": "assistant", "content": answer_one(model, messages, images, args)})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        image = None
+        if args.image_path and not os.path.isdir(args.image_path):
+            image = load_image(args.image_path)  # fail on a bad image before loading the model
+        if not (args.interactive or args.questions or os.path.isdir(args.image_path or "")):
+            prompt = with_image_marker(args.prompt, 1 if image else 0)
+        torch.manual_seed(args.seed)
+        model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
+                                dtype=pick_dtype(args.dtype, device), device=device)
+        if args.system is not None:
+            model.processor.system_prompt = args.system
+        if args.interactive:
+            chat(model, args, image)
+        elif args.questions or os.path.isdir(args.image_path or ""):
+            answer_batch(model, args)
+        else:
+            answer_one(model, [{"role": "user", "content": prompt}], [image] if image else [], args)
+    except (FileNotFoundError, ValueError, OSError) as e:  # ImageLoadError and UsageError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
