@@ -5,6 +5,8 @@ and without length grouping.   python bench/cpu_train.py [--steps 20] [--epoch_s
 """
 
 import argparse
+import gc
+import json
 import os
 import random
 import subprocess
@@ -15,7 +17,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 
-from bench.common import LENGTHS, batch, build_pair, emit, machine, median_time, peak_rss_mb, table, tmpdir  # noqa: E402
+from bench.common import (  # noqa: E402
+    LENGTHS,
+    batch,
+    build_pair,
+    emit,
+    machine,
+    median_time,
+    peak_rss_mb,
+    reset_peak_rss,
+    table,
+    tmpdir,
+)
 
 
 def trainer_step(model, data):
@@ -44,24 +57,33 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--epoch_samples", type=int, default=128)
     p.add_argument("--only", choices=["ours", "llava"], help="(internal) one model, report its peak RSS")
+    p.add_argument("--rss_only", action="store_true", help="only the peak-RSS comparison")
     args = p.parse_args()
     torch.manual_seed(0)
     ours, llava = build_pair(tmpdir())
     ours.train(), llava.train()
     data = batch(ours, LENGTHS)
-    if args.only:
+    if args.only:  # a process of its own, the other model freed: peak RSS of 20 training steps
         model = ours if args.only == "ours" else llava
+        del ours, llava
+        gc.collect()
+        reset_peak_rss()
         median_time(trainer_step(model, data), args.steps)
         emit({"peak_rss_mb": peak_rss_mb()})
         return
 
-    t_ours = median_time(trainer_step(ours, data), args.steps)
-    t_llava = median_time(trainer_step(llava, data), args.steps)
     rss = {}
     for impl in ("ours", "llava"):
         out = subprocess.run([sys.executable, __file__, "--only", impl, "--steps", str(args.steps)],
                              capture_output=True, text=True, check=True).stdout
-        rss[impl] = float(out.strip().splitlines()[-1].split(":")[1].strip(" }"))
+        rss[impl] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    if args.rss_only:
+        print(table([["peak RSS, 20 training steps", f"{rss['ours']:.0f} MB", f"{rss['llava']:.0f} MB",
+                      f"{rss['llava'] / rss['ours']:.2f}x"]], ["", "ours", "Llava", "Llava / ours"]))
+        emit({"benchmark": "cpu_train_rss", **machine(), "peak_rss_mb": rss})
+        return
+    t_ours = median_time(trainer_step(ours, data), args.steps)
+    t_llava = median_time(trainer_step(llava, data), args.steps)
 
     # a variable-length epoch: random batches of 8 vs transformers' LengthGroupedSampler
     rng = random.Random(0)

@@ -5,7 +5,7 @@ import importlib
 import pytest
 from transformers import AutoConfig
 
-PACKAGES = ["qwen", "visual", "model", "dataset", "dataprocess"]
+PACKAGES = ["qwen", "visual", "model", "dataset", "dataprocess", "training", "demo", "bench"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -1,0 +1,83 @@
+"""The CPU demo: the synthetic task follows its spec, eval.py scores correctly, a short demo runs."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+import eval as evaluate
+from demo.synthetic import BACKGROUND, COLORS, MIN_GAP, SIDE, answer, render, sample_scene
+from model import IMAGE_MARKER
+
+
+@pytest.mark.parametrize("size", [64, 96, 256])
+def test_scenes_follow_the_spec(size):
+    rng = random.Random(size)
+    counts = {1: 0, 2: 0}
+    for _ in range(300):
+        background, shapes = sample_scene(rng, size)
+        counts[len(shapes)] += 1
+        assert all(BACKGROUND[0] <= c <= BACKGROUND[1] for c in background)
+        assert len({s.color for s in shapes}) == len(shapes)
+        for s in shapes:
+            x0, y0, x1, y1 = s.box
+            side = x1 - x0 + 1
+            assert y1 - y0 + 1 == side and SIDE[0] * size - 0.5 <= side <= SIDE[1] * size
+            assert 0 <= x0 and 0 <= y0 and x1 < size and y1 < size
+        if len(shapes) == 2:
+            a, b = shapes
+            assert a.center_x < b.center_x and b.center_x - a.center_x >= MIN_GAP * size
+            assert a.box[2] < b.box[0] or b.box[2] < a.box[0] or a.box[3] < b.box[1] or b.box[3] < a.box[1]
+        image = render(background, shapes, size)
+        assert image.getpixel((0, 0)) in {background} | {COLORS[s.color][1] for s in shapes}
+        for s in shapes:  # the colour is exact where the shape surely is
+            x0, y0, x1, y1 = s.box
+            inside = ((x0 + x1) // 2, (y0 + 3 * y1) // 4 if s.shape == "triangle" else (y0 + y1) // 2)
+            assert image.getpixel(inside) == COLORS[s.color][1]
+    assert counts[1] > 50 and counts[2] > 50
+
+
+def test_answers_list_shapes_left_to_right():
+    from demo.synthetic import Placed
+
+    left, right = Placed("circle", "red", (0, 0, 9, 9)), Placed("square", "orange", (30, 0, 39, 9))
+    assert answer([left, right], "zh") == "红色和橙色"
+    assert answer([left, right], "en") == "a red circle and an orange square"
+    assert answer([right], "en") == "an orange square" and answer([left], "zh") == "红色"
+
+
+def test_eval_scores_a_hand_made_set():
+    predictions = ["the cat sat on the mat", "红色和蓝色", "a red circle", "  红色  "]
+    references = ["the cat sat on a mat", "红色和蓝色", "a red circle", "红色"]
+    results = evaluate.score(predictions, references, ["en", "zh", "en", "zh"])
+    assert results["n"] == 4 and results["exact_match"] == 0.75
+    assert results["per_source"]["zh"]["exact_match"] == 1.0 and results["per_source"]["en"]["exact_match"] == 0.5
+    # BLEU-4 of one sentence: precisions 5/6, 3/5, 2/4, 1/3, same length -> (1/12) ** (1/4)
+    alone = evaluate.score(predictions[:1], references[:1], ["en"])
+    assert alone["bleu4"] == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, abs=1e-6)
+    assert evaluate.score(["红色和蓝色"], ["红色和蓝色"], ["zh"])["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert evaluate.tokenize("红色和 Blue!") == "红 色 和 blue !"
+
+
+def test_eval_rejects_bad_input(tmp_path, capsys):
+    assert evaluate.main(["--model_weights", str(tmp_path), "--image_map", str(tmp_path / "x.json"),
+                          "--captions_file", str(tmp_path / "y.json")]) == 2
+    assert "data file not found" in capsys.readouterr().err
+
+
+def test_short_demo_runs_end_to_end_and_learns(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "weights"
+    result = subprocess.run([sys.executable, "-m", "demo.run", "--quick", "--data_dir", str(data),
+                             "--output_dir", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["per_source"]) == {"zh", "en"} and 0 <= summary["exact_match"] <= 1
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < 0.5 * losses[0]
+    for name in ("loss.png", "heldout_grid.png", "eval_results.json", "vlm_config.json"):
+        assert (out / name).exists(), name
+    questions = [json.loads(line)["question"] for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert any(q.startswith(IMAGE_MARKER) for q in questions) and any(q.endswith(IMAGE_MARKER) for q in questions)
