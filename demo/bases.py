@@ -8,7 +8,6 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 from qwen import QWenConfig, QWenLMHeadModel, QWenTokenizer, write_byte_vocab
 
-
 # Qwen's ChatML without the default system block: on a byte vocabulary that block is 10% of each sample.
 CHATML_NO_DEFAULT_SYSTEM = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

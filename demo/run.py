@@ -105,7 +105,7 @@ def main(argv=None):
         mark = "✓" if row["prediction"].strip() == row["reference"].strip() else "✗"
         print(f"  {row['images'][0]}  Q: {row['question']}\n      A: {row['prediction']}  {mark}")
     by_source = [[r for r in predictions if r["source"] == s] for s in ("zh", "en")]
-    grid = draw_grid([r for pair in zip(*(rows[:12] for rows in by_source)) for r in pair],
+    grid = draw_grid([r for pair in zip(*(rows[:12] for rows in by_source), strict=False) for r in pair],
                      os.path.join(out, "heldout_grid.png"))
     times["end"] = time.time()
     names = list(times)
