@@ -85,7 +85,8 @@ def main(argv=None):
          "--output_dir", out, "--llm_mode", "full",
          "--max_steps", str(args.steps), "--per_device_train_batch_size", str(DEFAULTS["batch_size"]),
          "--learning_rate", str(DEFAULTS["learning_rate"]),
-         "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "25",
+         "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
+         "--logging_steps", str(max(1, min(25, args.steps // 10))),
          "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--auto_resume", "false",
          "--dataloader_num_workers", "1", "--disable_tqdm", "true"], os.path.join(data, "train.log"))
     state = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
