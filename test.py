@@ -177,10 +177,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
+        folder = bool(args.image_path) and os.path.isdir(args.image_path)
+        batch_mode = bool(args.questions) or folder
         image = None
-        if args.image_path and not os.path.isdir(args.image_path):
+        if args.image_path and not folder:
             image = load_image(args.image_path)  # fail on a bad image before loading the model
-        if not (args.interactive or args.questions or os.path.isdir(args.image_path or "")):
+        if not (args.interactive or batch_mode):
             prompt = with_image_marker(args.prompt, 1 if image else 0)
         torch.manual_seed(args.seed)
         model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
             model.processor.system_prompt = args.system
         if args.interactive:
             chat(model, args, image)
-        elif args.questions or os.path.isdir(args.image_path or ""):
+        elif batch_mode:
             answer_batch(model, args)
         else:
             answer_one(model, [{"role": "user", "content": prompt}], [image] if image else [], args)

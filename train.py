@@ -15,7 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from dataset import VLMCollator, VLMDataset
 from model import VisionLanguageModel, VLMConfig
-from model.checkpoint import PROJECTOR_WEIGHTS, load_projector, require
+from model.checkpoint import load_projector_file
 from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments
 from training.plot import plot_loss
 from training.trainer import VLMTrainer
@@ -54,10 +54,7 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
     model = VisionLanguageModel.build(config, dtype=llm_dtype, vision_dtype=torch.float32 if m.vision_mode == "full"
                                       else dtype, attn_implementation="flash_attention_2" if flash else None)
     if m.init_projector:  # stage 2 starts from the stage-1 projector
-        require(m.init_projector, PROJECTOR_WEIGHTS)
-        from safetensors.torch import load_file
-
-        load_projector(model, load_file(os.path.join(m.init_projector, PROJECTOR_WEIGHTS)), m.init_projector)
+        load_projector_file(model, m.init_projector)
     return model.apply_trainable_modes()
 
 

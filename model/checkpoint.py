@@ -118,7 +118,7 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
     check_llm_matches(config, llm_path, folder)
     model = VisionLanguageModel.build(replace(config), dtype, device, llm_path, vision_path)
     check_vision_matches(config, model.config, vision_path, folder)
-    load_projector(model, load_file(os.path.join(folder, PROJECTOR_WEIGHTS)), folder)
+    load_projector_file(model, folder)
     if config.llm_mode == "lora":
         model.llm = PeftModel.from_pretrained(model.llm, folder, is_trainable=trainable)
     return model.eval()
@@ -159,6 +159,12 @@ def check_vision_matches(saved: VLMConfig, built: VLMConfig, vision_path: str, f
                          f"but the vision encoder {vision_path} gives {got[1]} features of size {got[0]}")
 
 
+def load_projector_file(model: VisionLanguageModel, folder: str):
+    """The projector of one of our checkpoint folders (resume, stage-2 start, loading)."""
+    require(folder, PROJECTOR_WEIGHTS)
+    load_projector(model, load_file(os.path.join(folder, PROJECTOR_WEIGHTS)), folder)
+
+
 def load_projector(model: VisionLanguageModel, state: dict, folder: str):
     expected = {k: tuple(v.shape) for k, v in model.projector.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
@@ -173,8 +179,7 @@ def load_trainable_weights(model: VisionLanguageModel, folder: str):
     from peft.utils import load_peft_weights
 
     cfg = model.config
-    require(folder, PROJECTOR_WEIGHTS)
-    load_projector(model, load_file(os.path.join(folder, PROJECTOR_WEIGHTS)), folder)
+    load_projector_file(model, folder)
     if cfg.llm_mode == "lora":
         result = set_peft_model_state_dict(model.llm, load_peft_weights(folder))
         assert not result.unexpected_keys, f"{folder}: adapter weights not in the model: {result.unexpected_keys[:3]}"
