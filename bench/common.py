@@ -19,20 +19,12 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from demo.bases import byte_level_tokenizer
 from model import VisionLanguageModel, VLMConfig
 from model.export import export
 
 # Text tokens per sample, LLaVA-instruct-like: short captions to long multi-turn conversations.
 LENGTHS = [24, 40, 64, 96, 128, 192, 256, 384]
-
-
-def byte_tokenizer():
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from tiny import byte_level_tokenizer
-
-    return byte_level_tokenizer()
 
 
 def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int = 384, vision_layers: int = 4):
@@ -43,7 +35,7 @@ def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int
     Qwen2ForCausalLM(Qwen2Config(vocab_size=272, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
                                  num_key_value_heads=8, intermediate_size=4 * hidden, max_position_embeddings=2048,
                                  tie_word_embeddings=False)).save_pretrained(llm_dir)
-    byte_tokenizer().save_pretrained(llm_dir)
+    byte_level_tokenizer().save_pretrained(llm_dir)
     CLIPVisionModel(CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
                                      num_hidden_layers=vision_layers, num_attention_heads=6, image_size=224,
                                      patch_size=16)).save_pretrained(vision_dir)

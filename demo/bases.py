@@ -15,6 +15,22 @@ CHATML_NO_DEFAULT_SYSTEM = (
 )
 
 
+def byte_level_tokenizer():
+    """An HF fast tokenizer over the 256 byte symbols with ChatML specials, like Qwen2's but tiny: for base
+    LLMs of transformers' own architectures (tests, benchmarks)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", chat_template=CHATML_NO_DEFAULT_SYSTEM)
+    tokenizer.add_tokens(["<|im_start|>"], special_tokens=True)
+    return tokenizer
+
+
 def build_tiny_llm(folder: str, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> str:
     """Our QWen architecture with a Qwen-format vocabulary of the 256 bytes plus the 208 special tokens."""
     os.makedirs(folder, exist_ok=True)

@@ -184,12 +184,26 @@ def load_trainable_weights(model: VisionLanguageModel, folder: str):
         result = set_peft_model_state_dict(model.llm, load_peft_weights(folder))
         assert not result.unexpected_keys, f"{folder}: adapter weights not in the model: {result.unexpected_keys[:3]}"
     elif cfg.llm_mode == "full":
-        model.llm.load_state_dict(load_sharded(os.path.join(folder, LLM_DIR)))
+        load_llm_state(model.llm, load_sharded(os.path.join(folder, LLM_DIR)), folder)
     if cfg.vision_mode == "full":
         from visual import load_vision_tower
 
         saved = load_vision_tower(os.path.join(folder, VISION_DIR), model.vision_tower.selection)
         model.vision_tower.load_state_dict(saved.state_dict())
+
+
+def load_llm_state(llm, state: dict, folder: str):
+    """load_state_dict, except that a tied weight (lm_head = embeddings) may be absent: save_pretrained
+    writes it once, under one of its names."""
+    result = llm.load_state_dict(state, strict=False)
+    names_by_tensor = {}
+    for name, tensor in llm.state_dict(keep_vars=True).items():
+        names_by_tensor.setdefault(id(tensor), []).append(name)
+    restored = {n for names in names_by_tensor.values() if any(x in state for x in names) for n in names}
+    missing = [k for k in result.missing_keys if k not in restored]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"the LLM weights in {folder} do not fit this model: missing {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]}")
 
 
 def load_sharded(folder: str) -> dict:

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 from PIL import Image
-from tiny import byte_level_tokenizer
 from torch.utils.data import DataLoader
 from transformers import CLIPImageProcessor
 
 from dataset import IGNORE_INDEX, VLMCollator, VLMDataset, encode_conversation
+from demo.bases import byte_level_tokenizer
 from model import IMAGE_MARKER, VLMProcessor
 from visual.hf_tower import HFImageProcessor
 

@@ -10,6 +10,7 @@ from tiny import save_tiny_clip, save_tiny_qwen, save_tiny_qwen2, save_tiny_sigl
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TextIteratorStreamer
 
 from model import IMAGE_MARKER, VisionLanguageModel, VLMConfig, build_projector, load_checkpoint
+from model.checkpoint import load_trainable_weights
 from model.export import export
 from model.export import main as export_main
 
@@ -22,6 +23,7 @@ def bases(tmp_path_factory):
         "qwen": save_tiny_qwen(root / "qwen"),
         "qwen_wide": save_tiny_qwen(root / "qwen_wide", hidden_size=96, kv_channels=24),
         "qwen2": save_tiny_qwen2(root / "qwen2"),
+        "qwen2_tied": save_tiny_qwen2(root / "qwen2_tied", tie_word_embeddings=True),
         "clip": save_tiny_clip(root / "clip"),
         "siglip": save_tiny_siglip(root / "siglip"),
     }
@@ -148,6 +150,20 @@ def test_save_and_load_give_identical_logits(bases, tmp_path, modes):
     reloaded = VisionLanguageModel.from_pretrained(str(tmp_path / "ckpt"))
     assert torch.equal(logits(reloaded, batch), logits(model, batch))
     assert reloaded.config.num_image_tokens == 16 and reloaded.config.llm_mode == modes["llm_mode"]
+
+
+def test_full_llm_with_tied_embeddings_resumes(bases, tmp_path):
+    """save_pretrained writes a tied lm_head once; restoring the weights must accept that and keep the tie."""
+    model = make_vlm(bases, llm="qwen2_tied", llm_mode="full")
+    with torch.no_grad():
+        model.llm.get_input_embeddings().weight.add_(0.01)
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    fresh = make_vlm(bases, llm="qwen2_tied", llm_mode="full")
+    batch = mixed_batch(model)
+    assert not torch.equal(logits(fresh, batch), logits(model, batch))
+    load_trainable_weights(fresh, str(tmp_path / "ckpt"))
+    assert torch.equal(logits(fresh, batch), logits(model, batch))
+    assert fresh.llm.get_output_embeddings().weight is fresh.llm.get_input_embeddings().weight
 
 
 def test_merged_lora_equals_unmerged(bases, tmp_path):

@@ -74,36 +74,17 @@ def save_tiny_qwen(folder, **overrides):
     return str(folder)
 
 
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def byte_level_tokenizer():
-    """An HF fast tokenizer over the 256 byte symbols with ChatML specials, like Qwen2's but tiny."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>", chat_template=CHATML)
-    tokenizer.add_tokens(["<|im_start|>"], special_tokens=True)
-    return tokenizer
-
-
-def save_tiny_qwen2(folder):
+def save_tiny_qwen2(folder, tie_word_embeddings=False):
     """A tiny transformers Qwen2 (natively supported, so it exports to Llava) with a byte-level tokenizer."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from demo.bases import byte_level_tokenizer
+
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=272, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=tie_word_embeddings)
     Qwen2ForCausalLM(config).save_pretrained(folder)
     byte_level_tokenizer().save_pretrained(folder)
     return str(folder)
