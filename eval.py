@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from model import load_checkpoint
+from model.checkpoint import atomic_file
 from visual import load_image
 
 # CJK characters one by one; words and numbers whole; other symbols one by one
@@ -78,12 +79,6 @@ def eval_items(image_map: str, captions: str) -> list[dict]:
     return items
 
 
-def write_atomic(path: str, text: str):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_weights", required=True)
@@ -111,12 +106,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
-    write_atomic(os.path.join(args.model_weights, "eval_predictions.jsonl"), "".join(
-        json.dumps({"id": i["id"], "source": i["source"], "images": i["images"],
-                    "question": i["messages"][-1]["content"], "reference": i["reference"], "prediction": pred},
-                   ensure_ascii=False) + "\n"
-        for i, pred in zip(items, predictions, strict=True)))
-    write_atomic(os.path.join(args.model_weights, "eval_results.json"), json.dumps(results, indent=2))
+    rows = [{"id": i["id"], "source": i["source"], "images": i["images"], "question": i["messages"][-1]["content"],
+             "reference": i["reference"], "prediction": pred} for i, pred in zip(items, predictions, strict=True)]
+    outputs = {"eval_predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+               "eval_results.json": json.dumps(results, indent=2)}
+    for name, text in outputs.items():
+        with atomic_file(os.path.join(args.model_weights, name)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
     print(json.dumps(results, ensure_ascii=False))
     return 0
 

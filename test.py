@@ -20,6 +20,7 @@ from tqdm import tqdm
 from transformers import TextIteratorStreamer
 
 from model import IMAGE_MARKER, load_checkpoint
+from model.checkpoint import atomic_file
 from visual import ImageLoadError, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -137,8 +138,7 @@ def read_questions(args) -> list[dict]:
 
 def answer_batch(model, args):
     rows = read_questions(args)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for start in tqdm(range(0, len(rows), args.batch_size), desc="answering", unit="batch"):
             chunk = rows[start:start + args.batch_size]
             images = [[load_image(r["image"])] for r in chunk]
@@ -146,7 +146,6 @@ def answer_batch(model, args):
                              for r in chunk]
             for row, text in zip(chunk, model.answer(conversations, images, **generation_kwargs(args)), strict=True):
                 f.write(json.dumps({**row, "answer": text}, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.output)
     print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
 
 

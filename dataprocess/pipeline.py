@@ -2,7 +2,6 @@
 
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import Pool
@@ -11,6 +10,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from model.checkpoint import atomic_file
 from model.config import IMAGE_MARKER
 
 from .captions import convert_ai_challenger, convert_coco_captions
@@ -112,16 +112,8 @@ class ImageRegistry:
 
 
 def write_json_atomic(obj, path: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False)
 
 
 def process(config: ProcessConfig, progress: bool = True) -> dict:

@@ -5,6 +5,8 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
+from model.checkpoint import atomic_file
+
 from .synthetic import COLORS
 
 CELL, TEXT_H, COLUMNS = 192, 78, 4
@@ -50,7 +52,6 @@ def draw_grid(rows: list[dict], path: str) -> str:
                   fill=(0, 130, 0) if ok else (200, 0, 0), font=font)
         if not ok:
             draw.text((x + 4, y + CELL + 36), f"want: {text(row['reference'])}", fill="gray", font=font)
-    tmp = path + ".tmp.png"
-    grid.save(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        grid.save(tmp)
     return path

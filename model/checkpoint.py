@@ -47,6 +47,22 @@ class LegacyCheckpoint:
 
 
 @contextmanager
+def atomic_file(path: str):
+    """Yields a temporary path beside `path`, with the same extension (image and plot writers go by it),
+    and renames it to `path` once the block has written it: a crash never leaves half a file there."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp{os.path.splitext(name)[1]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextmanager
 def atomic_folder(folder: str):
     """Yields a temporary sibling folder. Once everything is written there, its entries replace those of
     `folder` by renames (other entries of `folder`, such as the Trainer's checkpoint-N/, stay), so a

@@ -10,7 +10,7 @@ from tiny import save_tiny_clip, save_tiny_qwen, save_tiny_qwen2, save_tiny_sigl
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TextIteratorStreamer
 
 from model import IMAGE_MARKER, VisionLanguageModel, VLMConfig, build_projector, load_checkpoint
-from model.checkpoint import load_trainable_weights
+from model.checkpoint import atomic_file, load_trainable_weights
 from model.export import export
 from model.export import main as export_main
 
@@ -267,6 +267,19 @@ def test_save_is_atomic(bases, tmp_path, monkeypatch):
         model.save_pretrained(str(tmp_path / "ckpt"))
     assert (tmp_path / "ckpt" / "projector.safetensors").read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "grid.png"
+    with atomic_file(str(target)) as tmp:
+        assert tmp.endswith(".png")  # PIL and matplotlib pick the format from it
+        Image.new("RGB", (4, 4), "red").save(tmp)
+    good = target.read_bytes()
+    with pytest.raises(OSError), atomic_file(str(target)) as tmp:
+        Image.new("RGB", (4, 4), "blue").save(tmp)
+        raise OSError(28, "No space left on device")
+    assert target.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 
 def test_gradient_checkpointing_with_lora(bases):

@@ -6,6 +6,8 @@ import sys
 
 from transformers.trainer_utils import get_last_checkpoint
 
+from model.checkpoint import atomic_file
+
 STATE = "trainer_state.json"
 
 
@@ -45,10 +47,9 @@ def plot_loss(run_dir: str) -> str:
     ax.set_title(os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
     out = os.path.join(run_dir, "loss.png")
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
