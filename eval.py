@@ -15,11 +15,11 @@ import re
 import sys
 from collections import defaultdict
 
-import torch
 from tqdm import tqdm
 
 from model import load_checkpoint
 from model.checkpoint import atomic_file
+from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import load_image
 
 # CJK characters one by one; words and numbers whole; other symbols one by one
@@ -90,12 +90,13 @@ def main(argv=None) -> int:
     p.add_argument("--base_language_model", help="override the checkpoint's base LLM")
     p.add_argument("--base_vision_model", "--base_value_model", dest="base_vision_model")
     p.add_argument("--no_progress", action="store_true")
+    add_device_arguments(p)
     args = p.parse_args(argv)
     try:
+        device = pick_device(args.device)
         items = eval_items(args.image_map, args.captions_file)[: args.limit]
         model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                                device="cuda" if torch.cuda.is_available() else "cpu",
-                                dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+                                device=device, dtype=pick_dtype(args.dtype, device))
         predictions = []
         for start in tqdm(range(0, len(items), args.batch_size), desc="evaluating", disable=args.no_progress):
             chunk = items[start:start + args.batch_size]

@@ -21,6 +21,7 @@ from transformers import TextIteratorStreamer
 
 from model import IMAGE_MARKER, load_checkpoint
 from model.checkpoint import atomic_file
+from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import ImageLoadError, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -50,29 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cuda | cuda:N | mps | cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    add_device_arguments(p)
     return p.parse_args(argv)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} was asked for, but this machine has no CUDA GPU (try --device cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps was asked for, but MPS is not available here")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def with_image_marker(prompt: str, n_images: int, warn=True) -> str:

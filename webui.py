@@ -11,10 +11,10 @@ import argparse
 import sys
 import threading
 
-import torch
 from transformers import TextIteratorStreamer
 
 from model import IMAGE_MARKER, load_checkpoint
+from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import ImageLoadError, load_image
 
 
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--max_new_tokens", type=int, default=512)
+    add_device_arguments(p)
     args = p.parse_args(argv)
     try:
         import gradio  # noqa: F401
@@ -103,9 +104,9 @@ def main(argv=None) -> int:
         print("error: the web UI needs Gradio: pip install gradio", file=sys.stderr)
         return 2
     try:
-        cuda = torch.cuda.is_available()
+        device = pick_device(args.device)
         model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                                device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+                                device=device, dtype=pick_dtype(args.dtype, device))
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import eval as evaluate
 from demo.synthetic import BACKGROUND, COLORS, MIN_GAP, SIDE, answer, render, sample_scene
@@ -65,6 +66,28 @@ def test_eval_rejects_bad_input(tmp_path, capsys):
     assert evaluate.main(["--model_weights", str(tmp_path), "--image_map", str(tmp_path / "x.json"),
                           "--captions_file", str(tmp_path / "y.json")]) == 2
     assert "data file not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_eval_and_webui_refuse_a_missing_gpu(tmp_path, capsys):
+    import webui
+
+    for main, data in ((evaluate.main, ["--image_map", "x", "--captions_file", "y"]), (webui.main, [])):
+        assert main(["--model_weights", str(tmp_path), "--device", "cuda", *data]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --device cuda was asked for, but this machine has no CUDA GPU") and (
+            err.count("\n") == 1)
+
+
+def test_device_and_dtype_choice():
+    from model.device import pick_device, pick_dtype
+
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert pick_device("cpu") == cpu
+    assert pick_dtype("auto", cpu) == torch.float32 and pick_dtype("auto", mps) == torch.float16
+    assert pick_dtype("bf16", cpu) == torch.bfloat16 and pick_dtype("fp16", cpu) == torch.float16
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        assert pick_device("auto") == cpu
 
 
 def test_short_demo_runs_end_to_end_and_learns(tmp_path):
