@@ -17,8 +17,8 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
+from common import atomic_file, exits_on
 from model import load_checkpoint
-from model.checkpoint import atomic_file
 from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import load_image
 
@@ -79,6 +79,7 @@ def eval_items(image_map: str, captions: str) -> list[dict]:
     return items
 
 
+@exits_on(FileNotFoundError, ValueError, OSError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_weights", required=True)
@@ -92,20 +93,16 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true")
     add_device_arguments(p)
     args = p.parse_args(argv)
-    try:
-        device = pick_device(args.device)
-        items = eval_items(args.image_map, args.captions_file)[: args.limit]
-        model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                                device=device, dtype=pick_dtype(args.dtype, device))
-        predictions = []
-        for start in tqdm(range(0, len(items), args.batch_size), desc="evaluating", disable=args.no_progress):
-            chunk = items[start:start + args.batch_size]
-            images = [[load_image(path) for path in item["images"]] for item in chunk]
-            predictions += model.answer([item["messages"] for item in chunk], images,
-                                        max_new_tokens=args.max_new_tokens)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    device = pick_device(args.device)
+    items = eval_items(args.image_map, args.captions_file)[: args.limit]
+    model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
+                            device=device, dtype=pick_dtype(args.dtype, device))
+    predictions = []
+    for start in tqdm(range(0, len(items), args.batch_size), desc="evaluating", disable=args.no_progress):
+        chunk = items[start:start + args.batch_size]
+        images = [[load_image(path) for path in item["images"]] for item in chunk]
+        predictions += model.answer([item["messages"] for item in chunk], images,
+                                    max_new_tokens=args.max_new_tokens)
     results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
     rows = [{"id": i["id"], "source": i["source"], "images": i["images"], "question": i["messages"][-1]["content"],
              "reference": i["reference"], "prediction": pred} for i, pred in zip(items, predictions, strict=True)]

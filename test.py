@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 from transformers import TextIteratorStreamer
 
-from model import IMAGE_MARKER, load_checkpoint
-from model.checkpoint import atomic_file
+from common import IMAGE_MARKER, atomic_file, exits_on
+from model import load_checkpoint
 from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import ImageLoadError, load_image
 
@@ -152,32 +152,28 @@ def chat(model, args, image):
         messages.append({"role": "assistant", "content": answer_one(model, messages, images, args)})
 
 
+@exits_on(FileNotFoundError, ValueError, OSError)  # ImageLoadError and UsageError are ValueErrors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        device = pick_device(args.device)
-        folder = bool(args.image_path) and os.path.isdir(args.image_path)
-        batch_mode = bool(args.questions) or folder
-        image = None
-        if args.image_path and not folder:
-            image = load_image(args.image_path)  # fail on a bad image before loading the model
-        if not (args.interactive or batch_mode):
-            prompt = with_image_marker(args.prompt, 1 if image else 0)
-        torch.manual_seed(args.seed)
-        model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                                dtype=pick_dtype(args.dtype, device), device=device)
-        if args.system is not None:
-            model.processor.system_prompt = args.system
-        if args.interactive:
-            chat(model, args, image)
-        elif batch_mode:
-            answer_batch(model, args)
-        else:
-            answer_one(model, [{"role": "user", "content": prompt}], [image] if image else [], args)
-    except (FileNotFoundError, ValueError, OSError) as e:  # ImageLoadError and UsageError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    device = pick_device(args.device)
+    folder = bool(args.image_path) and os.path.isdir(args.image_path)
+    batch_mode = bool(args.questions) or folder
+    image = None
+    if args.image_path and not folder:
+        image = load_image(args.image_path)  # fail on a bad image before loading the model
+    if not (args.interactive or batch_mode):
+        prompt = with_image_marker(args.prompt, 1 if image else 0)
+    torch.manual_seed(args.seed)
+    model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
+                            dtype=pick_dtype(args.dtype, device), device=device)
+    if args.system is not None:
+        model.processor.system_prompt = args.system
+    if args.interactive:
+        chat(model, args, image)
+    elif batch_mode:
+        answer_batch(model, args)
+    else:
+        answer_one(model, [{"role": "user", "content": prompt}], [image] if image else [], args)
 
 
 if __name__ == "__main__":

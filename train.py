@@ -7,16 +7,21 @@ the recipes and README.md for every flag.
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import torch
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.integrations import is_deepspeed_zero3_enabled
 
-from dataset import VLMCollator, VLMDataset
+from common.cli import fail
+from dataset import DataUnavailable, VLMCollator, VLMDataset
 from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
+from model.zero3 import place_buffers
 from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments
+from training.checkpoints import incomplete_reason, latest_complete_checkpoint
+from training.health import PREEMPTED_EXIT, RunStopped, bad_sample_limit
 from training.plot import plot_loss
 from training.trainer import VLMTrainer
 
@@ -58,35 +63,77 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
     return model.apply_trainable_modes()
 
 
+def resume_point(args: VLMTrainingArguments) -> str | None:
+    """--resume_from_checkpoint when given (it must be complete), else with --auto_resume the newest complete
+    checkpoint-N/ of the output folder. Incomplete ones are named in one line, and left where they are."""
+    if args.resume_from_checkpoint:
+        if not os.path.isdir(args.resume_from_checkpoint):
+            raise FileNotFoundError(f"checkpoint folder not found: {args.resume_from_checkpoint}")
+        why = incomplete_reason(args.resume_from_checkpoint)
+        if why:
+            raise ValueError(f"checkpoint {args.resume_from_checkpoint} is incomplete: {why}")
+        return args.resume_from_checkpoint
+    if not args.auto_resume:
+        return None
+    path, passed_over = latest_complete_checkpoint(args.output_dir)
+    if args.process_index == 0 and (path or passed_over):
+        skipped = f"; passed over incomplete {', '.join(passed_over)}" if passed_over else ""
+        print(f"resuming from {path or 'the start'}{skipped}", file=sys.stderr)
+    return path
+
+
+def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments, argv,
+            callbacks) -> tuple[VLMTrainer, str | None]:
+    """Everything up to the first step; bad input raises FileNotFoundError or ValueError."""
+    check_data(data_args)
+    bad_sample_limit(args.max_bad_samples, 1)  # validates the flag before any model is loaded
+    dtype = resolve_precision(args)
+    set_seed(args.seed)  # the projector and LoRA initialisations are random too: a run must be repeatable
+    if args.deepspeed:  # ZeRO-3 partitions weights at load: deepspeed.comm must know the processes by then
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=args.ddp_backend)  # joins the group accelerate set up
+    model = build_model(model_args, data_args, dtype)
+    if is_deepspeed_zero3_enabled():  # weights were partitioned at load; buffers are still on the CPU
+        place_buffers(model, args.device)
+    dataset = VLMDataset(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
+                         seed=args.seed)
+    if args.activation_checkpointing is None:  # on by default for LLMs of 1B parameters and more
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.llm.parameters())  # ZeRO-3: whole sizes
+        args.activation_checkpointing = n_params >= 1e9
+    if args.report_to == [] and "--report_to" not in (argv or sys.argv) and importlib.util.find_spec("tensorboard"):
+        args.report_to = ["tensorboard"]
+    trainer = VLMTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
+                         data_collator=VLMCollator(model.tokenizer.pad_token_id or model.stop_token_ids[0]))
+    return trainer, resume_point(args)
+
+
+def one_sentence(error: Exception) -> str:
+    """An error raised in a DataLoader worker arrives with the worker's traceback in its message."""
+    lines = str(error).strip().splitlines()
+    return re.sub(r"^[\w.]+: ", "", lines[-1]) if len(lines) > 1 else str(error)
+
+
 def main(argv=None, callbacks=None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     try:
-        check_data(data_args)
-        dtype = resolve_precision(args)
-        set_seed(args.seed)  # the projector and LoRA initialisations are random too: a run must be repeatable
-        model = build_model(model_args, data_args, dtype)
-        dataset = VLMDataset(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
-                             seed=args.seed)
+        trainer, resume = prepare(model_args, data_args, args, argv, callbacks)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.activation_checkpointing is None:  # on by default for LLMs of 1B parameters and more
-        args.activation_checkpointing = sum(p.numel() for p in model.llm.parameters()) >= 1e9
-    if args.report_to == [] and "--report_to" not in (argv or sys.argv) and importlib.util.find_spec("tensorboard"):
-        args.report_to = ["tensorboard"]
-
-    trainer = VLMTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
-                         data_collator=VLMCollator(model.tokenizer.pad_token_id or model.stop_token_ids[0]))
-    resume = args.resume_from_checkpoint
-    if resume is None and args.auto_resume and os.path.isdir(args.output_dir):
-        resume = get_last_checkpoint(args.output_dir)
-        if resume:
-            print(f"resuming from {resume}", file=sys.stderr)
-    trainer.train(resume_from_checkpoint=resume)
+        return fail(e)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except (RunStopped, DataUnavailable) as e:  # raised on every process alike
+        return fail(one_sentence(e))
+    if trainer.preempted:
+        if trainer.is_world_process_zero():
+            print(f"preempted ({trainer.preempted}): saved checkpoint-{trainer.state.global_step} in "
+                  f"{args.output_dir}; run the same command again to resume (exit {PREEMPTED_EXIT})", file=sys.stderr)
+        return PREEMPTED_EXIT
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
-        trainer.state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))
+        trainer.save_run_state(args.output_dir)
+        print(f"run summary: {trainer.health.summary()}", file=sys.stderr)
         try:
             print(f"loss curve: {plot_loss(args.output_dir)}", file=sys.stderr)
         except ValueError as e:  # a run too short to log a loss still succeeds

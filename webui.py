@@ -8,12 +8,14 @@ is given.
 """
 
 import argparse
+import importlib.util
 import sys
 import threading
 
 from transformers import TextIteratorStreamer
 
-from model import IMAGE_MARKER, load_checkpoint
+from common import IMAGE_MARKER, exits_on
+from model import load_checkpoint
 from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import ImageLoadError, load_image
 
@@ -87,6 +89,7 @@ def build_app(model, max_new_tokens: int = 512):
                             textbox=gr.MultimodalTextbox(file_types=["image"], placeholder="Upload an image, ask"))
 
 
+@exits_on(ImportError, FileNotFoundError, ValueError, OSError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_weights", required=True)
@@ -98,21 +101,13 @@ def main(argv=None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=512)
     add_device_arguments(p)
     args = p.parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        print("error: the web UI needs Gradio: pip install gradio", file=sys.stderr)
-        return 2
-    try:
-        device = pick_device(args.device)
-        model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                                device=device, dtype=pick_dtype(args.dtype, device))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if importlib.util.find_spec("gradio") is None:
+        raise ImportError("the web UI needs Gradio: pip install gradio")
+    device = pick_device(args.device)
+    model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
+                            device=device, dtype=pick_dtype(args.dtype, device))
     build_app(model, args.max_new_tokens).queue().launch(server_name=args.host, server_port=args.port,
                                                           share=args.share)
-    return 0
 
 
 if __name__ == "__main__":

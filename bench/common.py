@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from demo.bases import byte_level_tokenizer
-from model import VisionLanguageModel, VLMConfig
+from model import VisionLanguageModel, VLMConfig, save_checkpoint
 from model.export import export
 
 # Text tokens per sample, LLaVA-instruct-like: short captions to long multi-turn conversations.
@@ -41,7 +41,7 @@ def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int
                                      patch_size=16)).save_pretrained(vision_dir)
     CLIPImageProcessor().save_pretrained(vision_dir)
     ours = VisionLanguageModel.build(VLMConfig(llm=llm_dir, vision=vision_dir, llm_mode="full")).apply_trainable_modes()
-    ours.save_pretrained(os.path.join(root, "ours"))
+    save_checkpoint(ours, os.path.join(root, "ours"))
     export(os.path.join(root, "ours"), os.path.join(root, "llava"), fmt="llava")
     llava = LlavaForConditionalGeneration.from_pretrained(os.path.join(root, "llava"))
     llava.model.vision_tower.requires_grad_(False)  # frozen, as ours

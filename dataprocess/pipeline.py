@@ -1,8 +1,10 @@
 """Convert, merge and validate the configured sources into image_map.json, captions.json and a report."""
 
 import json
+import math
 import os
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import Pool
 
@@ -10,8 +12,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from model.checkpoint import atomic_file
-from model.config import IMAGE_MARKER
+from common import IMAGE_MARKER, atomic_file
 
 from .captions import convert_ai_challenger, convert_coco_captions
 from .conversations import convert_conversations
@@ -79,6 +80,14 @@ def read_json(path: str):
         raise DataError(f"{path} is not valid JSON: {e}") from None
 
 
+IMAGES_PER_WORKER = 2000  # a header check takes about 0.5 ms: fewer images per process do not repay its start
+
+
+def pool_size(n_images: int, workers: int | None) -> int:
+    """Image-check processes: as many as asked (default: all cores), but no more than the work repays."""
+    return max(1, min(workers or os.cpu_count() or 1, math.ceil(n_images / IMAGES_PER_WORKER)))
+
+
 def check_image(args) -> str:
     """'ok', 'missing' or 'corrupt'. Runs in a worker process."""
     path, full_decode = args
@@ -129,9 +138,11 @@ def process(config: ProcessConfig, progress: bool = True) -> dict:
         converted.append((src, samples))
 
     paths = sorted(registry.path_of.values())
-    with Pool(config.workers) as pool:
-        results = list(tqdm(pool.imap(check_image, [(p, config.full_decode) for p in paths], chunksize=64),
-                            total=len(paths), desc="checking images", disable=not progress))
+    jobs = [(p, config.full_decode) for p in paths]
+    workers = pool_size(len(paths), config.workers)
+    with Pool(workers) if workers > 1 else nullcontext() as pool:  # one worker: checked in this process
+        checked = pool.imap(check_image, jobs, chunksize=64) if pool else map(check_image, jobs)
+        results = list(tqdm(checked, total=len(paths), desc="checking images", disable=not progress))
     status = dict(zip(paths, results, strict=True))
 
     image_map, captions, report = {}, [], {}

@@ -2,6 +2,6 @@
 
 from .collator import VLMCollator
 from .conversation import IGNORE_INDEX, encode_conversation
-from .dataset import VLMDataset
+from .dataset import BadSample, DataUnavailable, VLMDataset
 
-__all__ = ["IGNORE_INDEX", "VLMCollator", "VLMDataset", "encode_conversation"]
+__all__ = ["IGNORE_INDEX", "BadSample", "DataUnavailable", "VLMCollator", "VLMDataset", "encode_conversation"]

@@ -20,10 +20,7 @@ class VLMCollator:
                 row[width - len(seq):] = seq
         return out
 
-    def __call__(self, items: list[dict | None]) -> dict:
-        items = [item for item in items if item is not None]  # samples the dataset dropped
-        if not items:
-            raise ValueError("every sample of this batch was dropped for exceeding max_length")
+    def __call__(self, items: list[dict]) -> dict:
         ids = [item["input_ids"] for item in items]
         images = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
         return {
@@ -31,4 +28,7 @@ class VLMCollator:
             "attention_mask": self.pad([torch.ones_like(s) for s in ids], 0),  # (B, T)
             "labels": self.pad([item["labels"] for item in items], IGNORE_INDEX),  # (B, T)
             "pixel_values": torch.cat(images) if images else None,  # (n_images, 3, H, W)
+            # not model inputs: the trainer takes them out (reports and the bad-sample count)
+            "sample_ids": [item["id"] for item in items],
+            "skipped": [record for item in items for record in item.get("skipped", [])],
         }

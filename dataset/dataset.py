@@ -1,6 +1,9 @@
 """VLMDataset: image_map.json + captions.json -> tokenised, label-masked samples with pixel values.
 
-Images are decoded in __getitem__, i.e. in the DataLoader workers, never all up front.
+Images are decoded in __getitem__, i.e. in the DataLoader workers, never all up front. A sample that
+cannot be used (its image went missing or is corrupt, or it does not fit max_length) is replaced by the
+next usable one, deterministically, and named in the item's `skipped` list: the trainer counts those,
+and a resumed run skips the same samples again.
 """
 
 import json
@@ -10,11 +13,20 @@ import random
 import torch
 from torch.utils.data import Dataset
 
-from visual import load_image
+from visual import ImageLoadError, load_image
 
 from .conversation import IGNORE_INDEX, encode_conversation
 
 logger = logging.getLogger(__name__)
+REPLACEMENT_TRIES = 16  # unusable samples in a row before the data is declared unavailable
+
+
+class BadSample(ValueError):
+    """This sample cannot be trained on; the message says why."""
+
+
+class DataUnavailable(RuntimeError):
+    """REPLACEMENT_TRIES samples in a row were unusable: the image folder is likely gone."""
 
 
 class VLMDataset(Dataset):
@@ -34,7 +46,6 @@ class VLMDataset(Dataset):
         self.max_length = max_length
         self.seed = seed
         self.epoch = 0
-        self.dropped = 0  # in this process; each DataLoader worker counts its own
         # token counts estimated without tokenising everything at start-up (about 4 UTF-8 bytes a token):
         # good enough to group similar lengths into batches
         self.lengths = [
@@ -55,24 +66,36 @@ class VLMDataset(Dataset):
         return [{"role": m["role"], "content": rng.choice(m["alternatives"]) if m.get("alternatives") else m["content"]}
                 for m in self.samples[index]["conversations"]]
 
-    def __getitem__(self, index: int) -> dict | None:
+    def encode(self, index: int) -> dict:
+        """One sample as tensors; BadSample when it cannot be used."""
         sample = self.samples[index]
         input_ids, labels = encode_conversation(self.processor, self.messages(index))
         if len(input_ids) > self.max_length:
             if self.processor.image_token_id in input_ids[self.max_length:]:
-                return self._drop(sample, "an image block does not fit")
+                raise BadSample(f"an image block does not fit within max_length {self.max_length}")
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         if all(label == IGNORE_INDEX for label in labels):
-            return self._drop(sample, "no reply token is left")
-        images = [load_image(self.paths[key]) for key in sample["images"]]
+            raise BadSample(f"no reply token is left within max_length {self.max_length}")
+        try:
+            images = [load_image(self.paths[key]) for key in sample["images"]]
+        except ImageLoadError as e:
+            raise BadSample(str(e)) from None
         return {
+            "id": sample["id"],
             "input_ids": torch.tensor(input_ids),
             "labels": torch.tensor(labels),
             "pixel_values": self.processor.image_processor(images) if images else None,
         }
 
-    def _drop(self, sample, why: str):
-        self.dropped += 1
-        logger.warning("dropping sample %s: %s within max_length %d (%d dropped so far in this process)",
-                       sample["id"], why, self.max_length, self.dropped)
-        return None
+    def __getitem__(self, index: int) -> dict:
+        """Sample `index`, or the next usable one after it; `skipped` holds (id, why) of those passed over."""
+        skipped = []
+        for k in range(REPLACEMENT_TRIES):
+            i = (index + k) % len(self.samples)
+            try:
+                return {**self.encode(i), "skipped": skipped}
+            except BadSample as e:
+                logger.warning("skipping sample %s: %s", self.samples[i]["id"], e)
+                skipped.append((self.samples[i]["id"], str(e)))
+        raise DataUnavailable(f"{REPLACEMENT_TRIES} samples in a row could not be used (from {skipped[0][0]}: "
+                              f"{skipped[0][1]}); is the image folder there?")

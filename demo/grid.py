@@ -5,7 +5,7 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from model.checkpoint import atomic_file
+from common import atomic_file
 
 from .synthetic import COLORS
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from model.config import IMAGE_MARKER
+from common import IMAGE_MARKER
 
 # English name -> (Chinese name, RGB)
 COLORS = {

@@ -1,7 +1,9 @@
 """The VLM: vision tower -> projector -> LLM, with its processor, checkpoints and export."""
 
+from common import IMAGE_MARKER
+
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import IMAGE_MARKER, VLMConfig
+from .config import VLMConfig
 from .model import VisionLanguageModel
 from .processor import VLMProcessor
 from .projector import build_projector

@@ -13,15 +13,14 @@ The original project's layout: adapter_config.json, adapter_model.bin, other_par
 import json
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
+
+from common import atomic_folder
 
 from .config import CONFIG_NAME, VLMConfig
 from .model import VisionLanguageModel
@@ -44,49 +43,6 @@ class LegacyCheckpoint:
     select_layer: int = -1
     select_feature: str = "all_but_first"
     post_layernorm: bool = True
-
-
-@contextmanager
-def atomic_file(path: str):
-    """Yields a temporary path beside `path`, with the same extension (image and plot writers go by it),
-    and renames it to `path` once the block has written it: a crash never leaves half a file there."""
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp{os.path.splitext(name)[1]}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-@contextmanager
-def atomic_folder(folder: str):
-    """Yields a temporary sibling folder. Once everything is written there, its entries replace those of
-    `folder` by renames (other entries of `folder`, such as the Trainer's checkpoint-N/, stay), so a
-    crash or a full disk mid-save never leaves a half-written file where a good one was."""
-    folder = os.path.abspath(folder)
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(tmp):
-        src, dst = os.path.join(tmp, name), os.path.join(folder, name)
-        if os.path.isdir(dst):
-            old = f"{tmp}.old-{name}"
-            os.rename(dst, old)
-            os.rename(src, dst)
-            shutil.rmtree(old)
-        else:
-            os.replace(src, dst)
-    os.rmdir(tmp)
 
 
 def save_checkpoint(model: VisionLanguageModel, folder: str):

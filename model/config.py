@@ -4,9 +4,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
-# The marker that data files and prompts use for "an image goes here", whatever the LLM. It is Qwen-7B's
-# own token; for other LLMs the processor swaps it for `image_token` (added to their vocabulary).
-IMAGE_MARKER = "<|extra_0|>"
 CONFIG_NAME = "vlm_config.json"
 MODES = {
     "vision_mode": ("frozen", "full"),
@@ -45,6 +42,11 @@ class VLMConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
+
+    @property
+    def hidden_size(self) -> int | None:
+        """The LLM's width. transformers fills DeepSpeed's "auto" bucket sizes from model.config.hidden_size."""
+        return self.llm_hidden_size
 
     @property
     def lora_targets(self):

@@ -16,9 +16,10 @@ import torch
 from peft import PeftModel
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+from common import atomic_folder, exits_on
 from visual.hf_tower import HFVisionTower
 
-from .checkpoint import atomic_folder, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .model import VisionLanguageModel
 
 
@@ -90,7 +91,8 @@ def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=N
         processor.save_pretrained(tmp)
 
 
-def main(argv=None):
+@exits_on(FileNotFoundError, ValueError)
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint folder (ours or the original project's)")
     parser.add_argument("output", help="folder to write; replaced atomically")
@@ -98,13 +100,8 @@ def main(argv=None):
     parser.add_argument("--base_language_model", help="override the base LLM the checkpoint names")
     parser.add_argument("--base_vision_model", help="override the base vision encoder the checkpoint names")
     args = parser.parse_args(argv)
-    try:
-        export(args.checkpoint, args.output, args.format, args.base_language_model, args.base_vision_model)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    export(args.checkpoint, args.output, args.format, args.base_language_model, args.base_vision_model)
     print(f"wrote {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

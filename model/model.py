@@ -13,11 +13,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
+from common import IMAGE_MARKER
 from visual import FeatureSelection, load_vision_tower
 
-from .config import IMAGE_MARKER, VLMConfig
+from .config import VLMConfig
 from .processor import VLMProcessor
 from .projector import build_projector
+from .zero3 import gathered
 
 
 def add_image_token(tokenizer, llm, image_token: str) -> str:
@@ -31,9 +33,10 @@ def add_image_token(tokenizer, llm, image_token: str) -> str:
     old = llm.get_input_embeddings().num_embeddings
     if len(tokenizer) > old:  # many LLMs pad their embedding matrix, so often no resize is needed
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():  # deterministic new rows, so a reloaded model gives identical logits
-            for emb in {llm.get_input_embeddings(), llm.get_output_embeddings()} - {None}:
-                emb.weight[old:] = emb.weight[:old].mean(0)
+        weights = [emb.weight for emb in {llm.get_input_embeddings(), llm.get_output_embeddings()} - {None}]
+        with torch.no_grad(), gathered(weights, modifier_rank=0):  # deterministic new rows, so a reloaded
+            for weight in weights:  # model gives identical logits
+                weight[old:] = weight[:old].mean(0)
     return image_token
 
 
@@ -52,17 +55,24 @@ class VisionLanguageModel(nn.Module):
                                       config.num_image_tokens, config.chat_template, config.system_prompt)
 
     @classmethod
-    def build(cls, config: VLMConfig, dtype=torch.float32, device="cpu", llm_path=None, vision_path=None,
+    def build(cls, config: VLMConfig, dtype=torch.float32, device=None, llm_path=None, vision_path=None,
               vision_dtype=None, attn_implementation=None):
-        """Base parts by name (hub ids or folders); fills in the config's derived fields. No modes applied."""
+        """Base parts by name (hub ids or folders); fills in the config's derived fields. No modes applied.
+        device=None leaves the weights where loading put them (the CPU; under ZeRO-3, partitioned)."""
         llm_path = llm_path or config.llm
         tokenizer = AutoTokenizer.from_pretrained(llm_path)
         llm_kwargs = {"dtype": dtype}
         if attn_implementation and AutoConfig.from_pretrained(llm_path).model_type != "qwen":  # QWen: always SDPA
             llm_kwargs["attn_implementation"] = attn_implementation
-        llm = AutoModelForCausalLM.from_pretrained(llm_path, **llm_kwargs).to(device)
         selection = FeatureSelection(config.select_layer, config.select_feature, config.post_layernorm)
-        tower = load_vision_tower(vision_path or config.vision, selection, dtype=vision_dtype or dtype, device=device)
+        # Loading draws random numbers or not, by path (ZeRO-3 initialises weights before loading them): the
+        # projector and LoRA initialisations after it get the same draws either way.
+        with torch.random.fork_rng(devices=[]):
+            llm = AutoModelForCausalLM.from_pretrained(llm_path, **llm_kwargs)
+            tower = load_vision_tower(vision_path or config.vision, selection, dtype=vision_dtype or dtype)
+        if device is not None:
+            llm.to(device)
+            tower.to(device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
         config.num_image_tokens = tower.num_patches
         config.vision_hidden_size = tower.hidden_size
@@ -155,16 +165,3 @@ class VisionLanguageModel(nn.Module):
                             None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
                             **generate_kwargs)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
-
-    # ---- checkpoints ----
-
-    def save_pretrained(self, folder: str):
-        from .checkpoint import save_checkpoint
-
-        save_checkpoint(self, folder)
-
-    @classmethod
-    def from_pretrained(cls, folder: str, **kwargs) -> "VisionLanguageModel":
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(folder, **kwargs)

@@ -2,9 +2,8 @@
 
 from functools import cached_property
 
+from common import IMAGE_MARKER
 from qwen.tokenization_qwen import CHATML_TEMPLATE
-
-from .config import IMAGE_MARKER
 
 
 class VLMProcessor:

@@ -25,3 +25,12 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     "$PY" -m pip install -q -r "$REPO_ROOT/requirements-dev.txt"
     echo "$WANT" > "$STAMP"
 fi
+# DeepSpeed (ZeRO-2/3; its tests run on the CPU): a pure-Python build against the torch above, with no CUDA
+# ops compiled here (they are built just in time on a GPU machine). Override with DEEPSPEED_SPEC=...
+DEEPSPEED_SPEC=${DEEPSPEED_SPEC:-"deepspeed==0.19.8"}
+if ! "$PY" -c "import deepspeed" >/dev/null 2>&1; then
+    echo "setup_venv: installing $DEEPSPEED_SPEC (pure Python, DS_BUILD_OPS=0)"
+    "$PY" -m pip install -q setuptools wheel
+    # shellcheck disable=SC2086
+    DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation $DEEPSPEED_SPEC
+fi

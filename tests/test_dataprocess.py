@@ -7,9 +7,9 @@ import yaml
 from PIL import Image
 
 import process_image
+from common import IMAGE_MARKER
 from dataprocess.pipeline import load_config, process
 from dataprocess.records import DataError
-from model.config import IMAGE_MARKER
 
 
 def write_json(path, obj):

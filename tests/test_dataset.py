@@ -127,9 +127,13 @@ def test_truncation_never_splits_an_image_block(qwen_tokenizer, data_files, capl
     assert torch.equal(item["labels"], full["labels"][: reply_start + 2])
 
     inside = VLMDataset(*data_files, processor, max_length=image_end - 5)  # the block would be split
-    assert inside[0] is None and inside.dropped == 1
-    assert "dropping sample a: an image block does not fit" in caplog.text
-    assert VLMCollator(0)([inside[0], inside[2]])["input_ids"].shape[0] == 1
+    item = inside[0]  # a and b hold images that do not fit: replaced by the next usable sample, c
+    assert item["id"] == "c" and torch.equal(item["input_ids"], inside.encode(2)["input_ids"])
+    assert [sample_id for sample_id, _ in item["skipped"]] == ["a", "b"]
+    assert "an image block does not fit within max_length" in item["skipped"][0][1]
+    assert "skipping sample a: an image block does not fit" in caplog.text
+    batch = VLMCollator(0)([inside[0], inside[2]])
+    assert batch["sample_ids"] == ["c", "c"] and len(batch["skipped"]) == 2
 
 
 def test_caption_alternatives_are_drawn_per_epoch(qwen_tokenizer, data_files):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tiny import save_tiny_clip, save_tiny_qwen
 
-from model import IMAGE_MARKER, VisionLanguageModel, VLMConfig, load_checkpoint
+from model import IMAGE_MARKER, VisionLanguageModel, VLMConfig, load_checkpoint, save_checkpoint
 
 spec = importlib.util.spec_from_file_location("vlm_test_cli", "test.py")  # `import test` is the stdlib's
 cli = importlib.util.module_from_spec(spec)
@@ -30,9 +30,9 @@ def ckpt(tmp_path_factory):
     model = VisionLanguageModel.build(config).apply_trainable_modes()
     with torch.no_grad():
         model.llm.get_output_embeddings().weight[256:] = 0
-    model.save_pretrained(str(root / "ckpt"))
-    VisionLanguageModel.build(replace(config, llm_mode="lora", lora_rank=4)).apply_trainable_modes().save_pretrained(
-        str(root / "lora"))
+    save_checkpoint(model, str(root / "ckpt"))
+    save_checkpoint(VisionLanguageModel.build(replace(config, llm_mode="lora", lora_rank=4)).apply_trainable_modes(),
+                    str(root / "lora"))
     images = root / "images"
     images.mkdir()
     for i, color in enumerate(["red", "green", "blue"]):

@@ -9,8 +9,9 @@ from PIL import Image
 from tiny import save_tiny_clip, save_tiny_qwen, save_tiny_qwen2, save_tiny_siglip
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TextIteratorStreamer
 
-from model import IMAGE_MARKER, VisionLanguageModel, VLMConfig, build_projector, load_checkpoint
-from model.checkpoint import atomic_file, load_trainable_weights
+from common import atomic_file
+from model import IMAGE_MARKER, VisionLanguageModel, VLMConfig, build_projector, load_checkpoint, save_checkpoint
+from model.checkpoint import load_trainable_weights
 from model.export import export
 from model.export import main as export_main
 
@@ -146,8 +147,8 @@ def test_save_and_load_give_identical_logits(bases, tmp_path, modes):
         with torch.no_grad():
             model.llm.get_input_embeddings().weight.add_(0.01)  # a change only a full save keeps
     batch = mixed_batch(model)
-    model.save_pretrained(str(tmp_path / "ckpt"))
-    reloaded = VisionLanguageModel.from_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(model, str(tmp_path / "ckpt"))
+    reloaded = load_checkpoint(str(tmp_path / "ckpt"))
     assert torch.equal(logits(reloaded, batch), logits(model, batch))
     assert reloaded.config.num_image_tokens == 16 and reloaded.config.llm_mode == modes["llm_mode"]
 
@@ -157,7 +158,7 @@ def test_full_llm_with_tied_embeddings_resumes(bases, tmp_path):
     model = make_vlm(bases, llm="qwen2_tied", llm_mode="full")
     with torch.no_grad():
         model.llm.get_input_embeddings().weight.add_(0.01)
-    model.save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(model, str(tmp_path / "ckpt"))
     fresh = make_vlm(bases, llm="qwen2_tied", llm_mode="full")
     batch = mixed_batch(model)
     assert not torch.equal(logits(fresh, batch), logits(model, batch))
@@ -169,9 +170,9 @@ def test_full_llm_with_tied_embeddings_resumes(bases, tmp_path):
 def test_merged_lora_equals_unmerged(bases, tmp_path):
     model = make_vlm(bases)
     batch = mixed_batch(model)
-    model.save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(model, str(tmp_path / "ckpt"))
     assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "merged")]) == 0
-    merged = VisionLanguageModel.from_pretrained(str(tmp_path / "merged"))
+    merged = load_checkpoint(str(tmp_path / "merged"))
     assert merged.config.llm_mode == "full" and not hasattr(merged.llm, "peft_config")
     assert (logits(merged, batch) - logits(model, batch)).abs().max() < 1e-5
 
@@ -182,7 +183,7 @@ def test_llava_parity_through_the_export(bases, tmp_path):
     with torch.no_grad():
         for p in model.projector.parameters():
             p.normal_(0, 0.2)
-    model.save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(model, str(tmp_path / "ckpt"))
     export(str(tmp_path / "ckpt"), str(tmp_path / "llava"), fmt="llava")
     llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
     assert llava.config.vision_feature_layer == -2 and llava.config.vision_feature_select_strategy == "default"
@@ -205,7 +206,7 @@ def test_llava_parity_through_the_export(bases, tmp_path):
 
 
 def test_llava_export_refuses_qwen_with_a_reason(bases, tmp_path):
-    make_vlm(bases).save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(make_vlm(bases), str(tmp_path / "ckpt"))
     with pytest.raises(ValueError, match="not a native transformers model"):
         export(str(tmp_path / "ckpt"), str(tmp_path / "llava"), fmt="llava")
 
@@ -236,19 +237,19 @@ def test_original_project_layout_loads(bases, tmp_path):
 
 
 def test_loading_onto_another_base_fails_with_one_sentence(bases, tmp_path):
-    make_vlm(bases).save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(make_vlm(bases), str(tmp_path / "ckpt"))
     with pytest.raises(ValueError, match=r"trained on .*qwen \(hidden size 64\), but the base LLM .*qwen_wide has "
                                          r"hidden size 96"):
         load_checkpoint(str(tmp_path / "ckpt"), llm=bases["qwen_wide"])
     with pytest.raises(ValueError, match="gives 16 features of size 32"):
-        make_vlm(bases, select_feature="cls_patch").save_pretrained(str(tmp_path / "cls"))
+        save_checkpoint(make_vlm(bases, select_feature="cls_patch"), str(tmp_path / "cls"))
         load_checkpoint(str(tmp_path / "cls"), vision=bases["siglip"])
 
 
 def test_missing_or_incomplete_checkpoint(bases, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         load_checkpoint(str(tmp_path / "nope"))
-    make_vlm(bases).save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(make_vlm(bases), str(tmp_path / "ckpt"))
     (tmp_path / "ckpt" / "projector.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="projector.safetensors is missing"):
         load_checkpoint(str(tmp_path / "ckpt"))
@@ -256,7 +257,7 @@ def test_missing_or_incomplete_checkpoint(bases, tmp_path):
 
 def test_save_is_atomic(bases, tmp_path, monkeypatch):
     model = make_vlm(bases)
-    model.save_pretrained(str(tmp_path / "ckpt"))
+    save_checkpoint(model, str(tmp_path / "ckpt"))
     good = (tmp_path / "ckpt" / "projector.safetensors").read_bytes()
 
     def disk_full(*args, **kwargs):
@@ -264,7 +265,7 @@ def test_save_is_atomic(bases, tmp_path, monkeypatch):
 
     monkeypatch.setattr("model.checkpoint.save_file", disk_full)
     with pytest.raises(OSError):
-        model.save_pretrained(str(tmp_path / "ckpt"))
+        save_checkpoint(model, str(tmp_path / "ckpt"))
     assert (tmp_path / "ckpt" / "projector.safetensors").read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
+from runs import argv, losses, tiny_setup, torchrun
 from safetensors.torch import load_file
-from tiny import save_tiny_clip, save_tiny_qwen, write_color_dataset
 from transformers import TrainerCallback
 
 import train
@@ -20,23 +20,7 @@ from training.trainer import parameter_groups
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    image_map, captions = write_color_dataset(root / "data", n=32)
-    return {"llm": save_tiny_qwen(root / "qwen"), "vision": save_tiny_clip(root / "clip"),
-            "image_map": image_map, "captions": captions, "root": root}
-
-
-def argv(setup, out, *extra, steps=30):
-    return ["--base_language_model", setup["llm"], "--base_vision_model", setup["vision"],
-            "--image_map", setup["image_map"], "--captions_file", setup["captions"], "--output_dir", str(out),
-            "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
-            "--lora_rank", "8", "--logging_steps", "1", "--save_steps", str(steps), "--report_to", "none",
-            "--dataloader_num_workers", "0", "--seed", "7", "--disable_tqdm", "true", *extra]
-
-
-def losses(run_dir):
-    with open(os.path.join(run_dir, "trainer_state.json")) as f:
-        return [h["loss"] for h in json.load(f)["log_history"] if "loss" in h]
+    return tiny_setup(tmp_path_factory.mktemp("train"))
 
 
 def test_loss_falls_and_outputs_load(setup, tmp_path):
@@ -139,11 +123,8 @@ def test_bad_input_fails_before_loading_a_model(setup, tmp_path, capsys):
 
 def test_two_process_ddp_on_cpu(setup, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "train.py", *argv(setup, out, "--llm_mode", "full", "--per_device_train_batch_size", "2",
-                             "--ddp_backend", "gloo", "--use_cpu", "true", steps=6)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = torchrun(2, argv(setup, out, "--llm_mode", "full", "--per_device_train_batch_size", "2",
+                              "--ddp_backend", "gloo", "--use_cpu", "true", steps=6))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-6"]
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no leftover temporary folders

@@ -48,7 +48,15 @@ class VLMTrainingArguments(TrainingArguments):
         metadata={"help": "auto (bf16 where the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32"},
     )
     auto_resume: bool = field(
-        default=True, metadata={"help": "resume from the last checkpoint in output_dir when there is one"}
+        default=True, metadata={"help": "resume from the newest complete checkpoint in output_dir when there is one"}
+    )
+    max_bad_samples: float = field(
+        default=0.001,
+        metadata={"help": "unusable samples (missing/corrupt image, too long) skipped before the run stops: "
+                          "a count (>= 1) or a fraction of the training set (< 1); default 0.001 = 0.1%"},
+    )
+    max_nonfinite_steps: int = field(
+        default=5, metadata={"help": "steps in a row with a NaN/inf loss (each skipped) before the run stops"}
     )
     # the Trainer's defaults that do not fit a VLM
     remove_unused_columns: bool = field(default=False)

@@ -6,7 +6,7 @@ import sys
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from model.checkpoint import atomic_file
+from common import atomic_file, exits_on
 
 STATE = "trainer_state.json"
 
@@ -53,10 +53,13 @@ def plot_loss(run_dir: str) -> str:
     return out
 
 
+@exits_on(FileNotFoundError, ValueError)
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise ValueError("usage: python -m training.plot RUN_DIR")
+    print(plot_loss(argv[0]))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    try:
-        print(plot_loss(sys.argv[1]))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(main())

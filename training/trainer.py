@@ -1,22 +1,38 @@
-"""VLMTrainer: transformers.Trainer, changed only where a VLM needs it.
+"""VLMTrainer: transformers.Trainer, changed only where a VLM or a long run needs it.
 
 - optimizer groups from one rule: weight decay only on tensors of 2+ dims; projector at feature_proj_lr
 - save_model writes our checkpoint folder, so every checkpoint-N/ loads in test.py
+- checkpoints are complete or absent: written into a hidden sibling, renamed in when every process is done
 - resume restores the trained weights from that folder (optimizer, scheduler, RNG and data order are
-  the Trainer's own)
+  the Trainer's own); under DeepSpeed the engine's checkpoint holds only the trained weights
+- bad samples, non-finite losses and preemption signals follow the rules of training/health.py
 - length grouping uses the dataset's estimated lengths instead of tokenising the whole dataset
 """
 
-import contextlib
+import functools
+import logging
+import math
+import os
+import shutil
 
+import torch
+from accelerate.utils import gather_object
 from torch import nn
 from transformers import Trainer
-from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from model.checkpoint import load_trainable_weights
+from model.checkpoint import load_trainable_weights, save_checkpoint
+from model.zero3 import gathered
+
+from .checkpoints import publish, staging_folder
+from .health import PreemptionSignal, RunHealth, bad_sample_limit
 
 PROJECTOR_PREFIX = "projector."
+logger = logging.getLogger(__name__)
 
 
 def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, projector_lr: float | None):
@@ -38,16 +54,29 @@ def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float
     return list(groups.values())
 
 
-def gathered(params, enabled: bool):
-    """Under ZeRO-3 every rank holds a shard of each weight; gather the full ones to save them."""
-    if not enabled:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
 class VLMTrainer(Trainer):
+    def __init__(self, *args, callbacks=None, **kwargs):
+        super().__init__(*args, callbacks=[RunHealth(), *(callbacks or [])], **kwargs)
+        self.preemption = PreemptionSignal()
+        self._step_reports = []  # (sample ids, finite flag) of this optimizer step's micro-batches
+        self._new_bad_samples = []  # (id, why) seen by this process since the last step end
+        self._checked_step = -1
+
+    @property
+    def health(self) -> RunHealth:
+        # looked up each time: resuming replaces the callback with the one restored from the checkpoint
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunHealth))
+
+    @property
+    def preempted(self) -> str | None:
+        return self.preemption.received
+
+    def train(self, *args, **kwargs):
+        with self.preemption:
+            return super().train(*args, **kwargs)
+
+    # ---- optimizer ----
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = model if model is not None else self.model
@@ -60,6 +89,69 @@ class VLMTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
+    # ---- one step ----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        sample_ids = inputs.pop("sample_ids", [])
+        self._new_bad_samples += inputs.pop("skipped", [])
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        self._step_reports.append((sample_ids, torch.isfinite(loss.detach()).all()))
+        return result
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """A non-finite gradient norm (the same on every process, after the all-reduce) empties the
+        gradients, so the optimizer skips this update. fp16's loss scaler already skips such steps itself;
+        under DeepSpeed the engine has stepped by now, and the stop rule guards the checkpoints."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if grad_norm is not None and not self.args.fp16 and not self.is_deepspeed_enabled \
+                and not math.isfinite(float(grad_norm)):
+            model.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
+        return grad_norm
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        """Runs after every optimizer step, before its log and save: the health rules, agreed by all processes."""
+        self._end_step_checks()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def _end_step_checks(self):
+        step = self.state.global_step
+        if step == self._checked_step:  # the Trainer calls this once more at the end of an epoch
+            return
+        self._checked_step = step
+        nonfinite = False
+        for sample_ids, finite in self._step_reports:
+            if not bool(finite):
+                nonfinite = True
+                logger.warning("step %d: the loss is NaN or inf; the batch held samples %s", step, sample_ids)
+        self._step_reports = []
+        # one small all-reduce per step, so every process takes the same decisions
+        flags = torch.tensor([len(self._new_bad_samples), nonfinite, self.preempted is not None],
+                             dtype=torch.float32, device=self.args.device)
+        if self.args.world_size > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        n_bad, nonfinite, preempted = (float(x) > 0 for x in flags.tolist())
+        if n_bad:
+            records = self._new_bad_samples if self.args.world_size == 1 else gather_object(self._new_bad_samples)
+            self.health.add_bad_samples([tuple(r) for r in records])
+        self._new_bad_samples = []
+        self.health.end_step(nonfinite, self.args.max_nonfinite_steps, step)
+        self.health.check_bad_samples(bad_sample_limit(self.args.max_bad_samples, len(self.train_dataset)))
+        if nonfinite:  # never save the weights of a step whose loss was not finite
+            self.control.should_save = False
+        if preempted:
+            self.control.should_save = not nonfinite
+            self.control.should_training_stop = True
+            if self.preemption.received is None:
+                self.preemption.received = "a signal to another process"
+
+    def log(self, logs: dict, *args, **kwargs):
+        if "loss" in logs:  # training logs carry the fault counts, so nothing is lost silently
+            logs = {**logs, "bad_samples": len(self.health.bad_samples), "nonfinite_steps": self.health.nonfinite_steps}
+        super().log(logs, *args, **kwargs)
+
+    # ---- checkpoints ----
+
     def save_model(self, output_dir=None, _internal_call=False):
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
@@ -68,13 +160,73 @@ class VLMTrainer(Trainer):
                  if p.requires_grad or n.startswith(PROJECTOR_PREFIX)
                  or (cfg.llm_mode == "full" and n.startswith("llm."))
                  or (cfg.vision_mode == "full" and n.startswith("vision_tower."))]
-        with gathered(saved, enabled=is_deepspeed_zero3_enabled()):
+        with gathered(saved):  # ZeRO-3: every process holds a shard of each weight; save the whole ones
             if self.args.should_save:
-                model.save_pretrained(output_dir)
+                save_checkpoint(model, output_dir)
         self.accelerator.wait_for_everyone()
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, written into `.checkpoint-N.partial/` by every process and renamed to
+        `checkpoint-N/` by the main one once all are done, with a manifest of its files."""
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging = staging_folder(final)
+        if self.args.should_save and os.path.exists(staging):  # left by a save that was killed: ours to clear
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(staging, _internal_call=True)
+        if self.state.best_global_step:
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if best == final or os.path.exists(best):
+                self.state.best_model_checkpoint = best
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            for cb in [*self.callback_handler.callbacks, self.control]:
+                if isinstance(cb, ExportableState):  # the run's fault record (RunHealth) among them
+                    stored = self.state.stateful_callbacks.get(type(cb).__name__)
+                    if isinstance(stored, list):
+                        stored.append(cb.state())
+                    else:
+                        self.state.stateful_callbacks[type(cb).__name__] = cb.state()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            moved = publish(staging, final)
+            if moved:
+                logger.warning("an incomplete %s was in the way; moved it to %s", final, moved)
+            if self.args.push_to_hub:
+                self._push_from_checkpoint(final)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_run_state(self, folder: str):
+        """trainer_state.json of the finished run, its fault record included."""
+        self.state.stateful_callbacks[type(self.health).__name__] = self.health.state()
+        self.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         load_trainable_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """Under DeepSpeed the engine saves and reloads only the trained weights: the frozen ones (7B of them
+        for a LoRA run) come from the base models, not from every checkpoint."""
+        if not self.is_deepspeed_enabled:
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        engine = self.model_wrapped
+        engine.save_checkpoint = functools.partial(engine.save_checkpoint, exclude_frozen_parameters=True)
+        if resume_from_checkpoint is not None:
+            deepspeed_load_checkpoint(engine, resume_from_checkpoint, load_module_strict=False)
+            self._load_optimizer_and_scheduler(resume_from_checkpoint)
+            self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
+
+    # ---- data ----
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

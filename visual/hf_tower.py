@@ -42,7 +42,7 @@ class HFVisionTower(VisionTower):
         self.num_patches = selection.num_tokens((config.image_size // config.patch_size) ** 2, self.prefix_tokens)
 
     @classmethod
-    def load(cls, name: str, selection: FeatureSelection):
+    def load(cls, name: str, selection: FeatureSelection, dtype: torch.dtype = torch.float32):
         config = AutoConfig.from_pretrained(name)  # no trust_remote_code: only built-in families load
         if config.model_type not in FAMILIES:
             raise ValueError(
@@ -51,7 +51,7 @@ class HFVisionTower(VisionTower):
             )
         model_class = FAMILIES[config.model_type]
         vision_config = getattr(config, "vision_config", config)
-        vision_model = model_class.from_pretrained(name, config=vision_config)
+        vision_model = model_class.from_pretrained(name, config=vision_config, dtype=dtype)
         return cls(vision_model, AutoImageProcessor.from_pretrained(name), selection)
 
     def tokens(self, pixel_values):

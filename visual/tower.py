@@ -1,13 +1,11 @@
 """The one interface every vision encoder offers the VLM: pixel_values (B, 3, H, W) -> features (B, N, D)."""
 
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 SELECT_FEATURES = ("patch", "cls_patch", "all_but_first")
-OPEN_CLIP_PREFIX = "open_clip:"
 
 
 @dataclass
@@ -80,23 +78,3 @@ class VisionTower(nn.Module):
 
     def save_pretrained(self, folder: str):
         raise NotImplementedError
-
-
-def load_vision_tower(
-    name: str,
-    selection: FeatureSelection | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    trainable: bool = False,
-) -> VisionTower:
-    """A tower by name: a hub id or local folder of a CLIP/SigLIP checkpoint, `open_clip:ARCH[/TAG_OR_FILE]`,
-    or a folder that `VisionTower.save_pretrained` wrote. Frozen unless `trainable`."""
-    from .hf_tower import HFVisionTower
-    from .open_clip_tower import OPEN_CLIP_CONFIG, OpenCLIPVisionTower
-
-    selection = selection or FeatureSelection()
-    if name.startswith(OPEN_CLIP_PREFIX) or os.path.isfile(os.path.join(name, OPEN_CLIP_CONFIG)):
-        tower = OpenCLIPVisionTower.load(name.removeprefix(OPEN_CLIP_PREFIX), selection)
-    else:
-        tower = HFVisionTower.load(name, selection)
-    return tower.to(device=device, dtype=dtype).set_trainable(trainable)

@@ -1,0 +1,31 @@
+"""load_vision_tower: a vision encoder by name, whatever its family."""
+
+import os
+
+import torch
+
+from .hf_tower import HFVisionTower
+from .open_clip_tower import OPEN_CLIP_CONFIG, OpenCLIPVisionTower
+from .tower import FeatureSelection, VisionTower
+
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+def load_vision_tower(
+    name: str,
+    selection: FeatureSelection | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    trainable: bool = False,
+) -> VisionTower:
+    """A tower by name: a hub id or local folder of a CLIP/SigLIP checkpoint, `open_clip:ARCH[/TAG_OR_FILE]`,
+    or a folder that `VisionTower.save_pretrained` wrote. Frozen unless `trainable`. device=None leaves
+    the weights where loading put them (the CPU; under ZeRO-3, a transformers tower is partitioned)."""
+    selection = selection or FeatureSelection()
+    if name.startswith(OPEN_CLIP_PREFIX) or os.path.isfile(os.path.join(name, OPEN_CLIP_CONFIG)):
+        tower = OpenCLIPVisionTower.load(name.removeprefix(OPEN_CLIP_PREFIX), selection).to(dtype=dtype)
+    else:
+        tower = HFVisionTower.load(name, selection, dtype)  # loaded in dtype: partitioned weights take no .to()
+    if device is not None:
+        tower.to(device)
+    return tower.set_trainable(trainable)
