@@ -9,6 +9,7 @@ eval_predictions.jsonl next to the checkpoint; the last stdout line is the resul
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -31,7 +32,10 @@ def tokenize(text: str) -> str:
 
 
 def caption_scores(predictions: list[str], references: list[str]) -> dict:
-    """Corpus BLEU-4, CIDEr-D and ROUGE-L of predictions against one reference each."""
+    """Corpus BLEU-4, CIDEr-D and ROUGE-L of predictions against one reference each; none without
+    pycocoevalcap (a 100 MB wheel, optional: exact match is scored either way)."""
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        return {}
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -104,6 +108,8 @@ def main(argv=None) -> int:
         predictions += model.answer([item["messages"] for item in chunk], images,
                                     max_new_tokens=args.max_new_tokens)
     results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
+    if "bleu4" not in results:
+        print("note: pycocoevalcap is not installed; only exact match is scored", file=sys.stderr)
     rows = [{"id": i["id"], "source": i["source"], "images": i["images"], "question": i["messages"][-1]["content"],
              "reference": i["reference"], "prediction": pred} for i, pred in zip(items, predictions, strict=True)]
     outputs = {"eval_predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),

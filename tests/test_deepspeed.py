@@ -150,3 +150,19 @@ def test_place_buffers_moves_every_buffer():
     place_buffers(tower, torch.device("meta"))
     assert all(b.device.type == "meta" for b in tower.buffers())
     assert all(p.device.type == "cpu" for p in tower.parameters())  # parameters are ZeRO's to place
+
+
+def test_gpu_check_dry_run_passes_every_step(tmp_path):
+    """scripts/gpu_check.sh --dry-run: the GPU smoke check's steps, on the CPU, each PASS."""
+    result = subprocess.run(["sh", "scripts/gpu_check.sh", "--dry-run"], env=env(WORK=str(tmp_path / "work"),
+                                                                                   PYTHON=sys.executable),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and " s | " in line]
+    assert len(rows) == 10 and all("| PASS |" in row for row in rows), rows
+    assert (tmp_path / "work" / "zero3" / "checkpoint-4" / "checkpoint_manifest.json").exists()
+    # a step that fails is reported as such, and the script exits non-zero
+    broken = subprocess.run(["sh", "scripts/gpu_check.sh", "--dry-run"], env=env(WORK=str(tmp_path / "broken"),
+                                                                                   PYTHON="false"),
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1 and "| environment | FAIL |" in broken.stdout
