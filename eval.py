@@ -1,11 +1,15 @@
-"""Score a checkpoint on held-out conversations:
+"""Score a checkpoint on held-out conversations, or on a public benchmark:
 
     python eval.py --model_weights DIR --image_map FILE --captions_file FILE [--max_new_tokens N] [--batch_size B]
+    python eval.py --model_weights DIR --benchmark pope|mme|mmbench|textvqa|scienceqa|gqa --data PATH [--split S]
+    python eval.py --benchmark NAME --data PATH --predictions FILE.jsonl      # score predictions, no model
 
 Each sample's last user turn is answered (given the earlier turns) and compared with its reference
 assistant turn: exact match after stripping whitespace, and BLEU-4, CIDEr-D and ROUGE-L (pycocoevalcap,
 Chinese split into characters), overall and per source. Writes eval_results.json and
 eval_predictions.jsonl next to the checkpoint; the last stdout line is the results as one JSON object.
+Benchmarks (evaluation/) are answered in batches of similar prompt length into LLaVA-layout predictions
+(`<name>_predictions.jsonl`, resumed on a rerun) and scored with their official metrics (`<name>_results.json`).
 """
 
 import argparse
@@ -19,6 +23,7 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from common import atomic_file, exits_on
+from evaluation import BENCHMARKS, answer_questions, read_predictions
 from model import load_checkpoint
 from model.device import add_device_arguments, pick_device, pick_dtype
 from visual import load_image
@@ -83,12 +88,90 @@ def eval_items(image_map: str, captions: str) -> list[dict]:
     return items
 
 
+def answer_sorted(model, items: list[dict], batch_size: int, max_new_tokens: int, progress: bool) -> list[str]:
+    """Answers in batches of similar prompt length (less padding), longest first; returns them in item order."""
+    order = sorted(range(len(items)), key=lambda i: -sum(len(m["content"]) for m in items[i]["messages"]))
+    answers = [None] * len(items)
+    for start in tqdm(range(0, len(order), batch_size), desc="evaluating", disable=not progress):
+        chunk = order[start:start + batch_size]
+        images = [[load_image(path) for path in items[i]["images"]] for i in chunk]
+        texts = model.answer([items[i]["messages"] for i in chunk], images, max_new_tokens=max_new_tokens)
+        for i, text in zip(chunk, texts, strict=True):
+            answers[i] = text
+    return answers
+
+
+def write_text(path: str, text: str):
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def evaluate_conversations(args, model) -> dict:
+    items = eval_items(args.image_map, args.captions_file)[: args.limit]
+    predictions = answer_sorted(model, items, args.batch_size, args.max_new_tokens, not args.no_progress)
+    results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
+    if "bleu4" not in results:
+        print("note: pycocoevalcap is not installed; only exact match is scored", file=sys.stderr)
+    rows = [{"id": i["id"], "source": i["source"], "images": i["images"], "question": i["messages"][-1]["content"],
+             "reference": i["reference"], "prediction": pred} for i, pred in zip(items, predictions, strict=True)]
+    write_text(os.path.join(args.model_weights, "eval_predictions.jsonl"),
+               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(os.path.join(args.model_weights, "eval_results.json"), json.dumps(results, indent=2))
+    return results
+
+
+def evaluate_benchmark(args, model) -> dict:
+    """One benchmark (each of POPE's splits on its own): answered into LLaVA-layout predictions, resumed
+    where a predictions file exists, scored; results JSON beside the predictions and one table."""
+    benchmark = BENCHMARKS[args.benchmark]
+    parts = benchmark.parts(args.data, args.split)
+    if args.predictions and len(parts) > 1:
+        raise ValueError(f"--predictions names one file; {args.benchmark} has {len(parts)} parts here: give --split")
+    folder = args.output_dir or args.model_weights
+    results, rows = {}, []
+    for part in parts:
+        name = args.benchmark + (f"_{part}" if part else "")
+        questions = benchmark.load(args.data, part, args.images)[: args.limit]
+        if not questions:
+            raise ValueError(f"{args.data} holds no {args.benchmark} question")
+        path = args.predictions or os.path.join(folder, f"{name}_predictions.jsonl")
+        if model is not None:
+            answers = answer_questions(model, questions, path, args.batch_size, args.max_new_tokens,
+                                       os.path.basename(os.path.normpath(args.model_weights)), not args.no_progress)
+        else:
+            answers = read_predictions(path)
+            if not answers:
+                raise FileNotFoundError(f"predictions file not found or empty: {path}")
+        unanswered = [q.question_id for q in questions if q.question_id not in answers]
+        if unanswered:
+            raise ValueError(f"{path} answers {len(questions) - len(unanswered)} of {len(questions)} questions "
+                             f"(first missing: {unanswered[0]}); run with --model_weights to answer the rest")
+        part_results = benchmark.score(questions, answers)
+        results_name = os.path.basename(os.path.splitext(path)[0]).removesuffix("_predictions") + "_results.json"
+        write_text(os.path.join(args.output_dir or os.path.dirname(os.path.abspath(path)), results_name),
+                   json.dumps(part_results, indent=2, ensure_ascii=False))
+        results[part or args.benchmark] = part_results
+        rows += [(name, metric, value) for metric, value in benchmark.summary(part_results)]
+    print("| benchmark | metric | value |\n| --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return results
+
+
 @exits_on(FileNotFoundError, ValueError, OSError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_weights", required=True)
-    p.add_argument("--image_map", required=True)
-    p.add_argument("--captions_file", required=True)
+    p.add_argument("--model_weights", help="checkpoint folder (without it, --benchmark only scores --predictions)")
+    p.add_argument("--image_map", help="our conversation files: image_map.json ...")
+    p.add_argument("--captions_file", help="... and captions.json")
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a public benchmark instead (see README)")
+    p.add_argument("--data", help="--benchmark: its file or folder, as published")
+    p.add_argument("--split", help="--benchmark: POPE's random|popular|adversarial, MMBench's circular|single, "
+                                   "an MME category, ScienceQA's test|val|...")
+    p.add_argument("--images", help="--benchmark: the image folder (default: where the README says)")
+    p.add_argument("--predictions", help="--benchmark: predictions JSONL to answer into / resume / score")
+    p.add_argument("--output_dir", help="--benchmark: where predictions and results go (default: the checkpoint; "
+                                        "results of --predictions: beside that file)")
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--limit", type=int, help="score only the first N samples")
@@ -97,26 +180,21 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true")
     add_device_arguments(p)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    items = eval_items(args.image_map, args.captions_file)[: args.limit]
-    model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                            device=device, dtype=pick_dtype(args.dtype, device))
-    predictions = []
-    for start in tqdm(range(0, len(items), args.batch_size), desc="evaluating", disable=args.no_progress):
-        chunk = items[start:start + args.batch_size]
-        images = [[load_image(path) for path in item["images"]] for item in chunk]
-        predictions += model.answer([item["messages"] for item in chunk], images,
-                                    max_new_tokens=args.max_new_tokens)
-    results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
-    if "bleu4" not in results:
-        print("note: pycocoevalcap is not installed; only exact match is scored", file=sys.stderr)
-    rows = [{"id": i["id"], "source": i["source"], "images": i["images"], "question": i["messages"][-1]["content"],
-             "reference": i["reference"], "prediction": pred} for i, pred in zip(items, predictions, strict=True)]
-    outputs = {"eval_predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-               "eval_results.json": json.dumps(results, indent=2)}
-    for name, text in outputs.items():
-        with atomic_file(os.path.join(args.model_weights, name)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    if args.benchmark:
+        if not args.data:
+            raise ValueError("--benchmark needs --data (the benchmark's file or folder)")
+        if not (args.model_weights or args.predictions):
+            raise ValueError("--benchmark needs --model_weights (to answer) or --predictions (to score)")
+    elif not (args.model_weights and args.image_map and args.captions_file):
+        raise ValueError("give --model_weights with --image_map and --captions_file, or --benchmark NAME --data PATH")
+    model = None
+    if args.model_weights:
+        device = pick_device(args.device)
+        if args.benchmark is None:  # data files fail before the model loads
+            eval_items(args.image_map, args.captions_file)
+        model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
+                                device=device, dtype=pick_dtype(args.dtype, device))
+    results = evaluate_benchmark(args, model) if args.benchmark else evaluate_conversations(args, model)
     print(json.dumps(results, ensure_ascii=False))
     return 0
 

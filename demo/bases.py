@@ -45,6 +45,21 @@ def build_tiny_llm(folder: str, seed: int = 0, hidden_size: int = 128, layers: i
     return folder
 
 
+def build_tiny_qwen2(folder: str, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> str:
+    """transformers' own Qwen2 at the same size, with the byte-level fast tokenizer: the demo on an LLM that
+    exports to Llava as it is (--llm qwen2)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=4 * hidden_size,
+                         max_position_embeddings=512, tie_word_embeddings=False)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_vision(folder: str, seed: int = 0, image_size: int = 64, patch_size: int = 16,
                       hidden_size: int = 128, layers: int = 2) -> str:
     """A CLIP-style ViT (random, and kept frozen in the demo) with CLIP's own image processor."""

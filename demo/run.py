@@ -19,7 +19,7 @@ import time
 
 import yaml
 
-from .bases import build_tiny_llm, build_tiny_vision
+from .bases import build_tiny_llm, build_tiny_qwen2, build_tiny_vision
 from .grid import draw_grid
 from .synthetic import write_split
 
@@ -45,6 +45,8 @@ def main(argv=None):
     p.add_argument("--test_images", type=int, default=DEFAULTS["test_images"])
     p.add_argument("--data_dir", default="data/demo")
     p.add_argument("--output_dir", default="weights/demo")
+    p.add_argument("--llm", choices=["qwen", "qwen2"], default="qwen",
+                   help="the tiny LLM: our QWen (default) or transformers' Qwen2")
     p.add_argument("--quick", action="store_true", help="a smoke run: 40 steps on 200 images")
     args = p.parse_args(argv)
     if args.quick:
@@ -73,9 +75,10 @@ def main(argv=None):
                   os.path.join(data, f"process_{split}.log")).rstrip())
 
     step("tiny base models")
-    llm, vision = build_tiny_llm(os.path.join(base, "llm"), args.seed), build_tiny_vision(os.path.join(base, "vision"),
-                                                                                          args.seed)
-    print(f"  {llm}: QWen, 2 layers, width 128, 256-byte vocabulary\n"
+    build = build_tiny_llm if args.llm == "qwen" else build_tiny_qwen2
+    llm = build(os.path.join(base, "llm"), args.seed)
+    vision = build_tiny_vision(os.path.join(base, "vision"), args.seed)
+    print(f"  {llm}: {'QWen' if args.llm == 'qwen' else 'Qwen2'}, 2 layers, width 128, 256-byte vocabulary\n"
           f"  {vision}: CLIP-style ViT (64 px, patch 16: 16 tokens), random, frozen")
 
     step("train.py")

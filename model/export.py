@@ -3,24 +3,34 @@
     python -m model.export CHECKPOINT OUTPUT                  # merged: our layout, loadable by test.py
     python -m model.export CHECKPOINT OUTPUT --format llava   # LlavaForConditionalGeneration (+ processor)
 
-The Llava format needs an LLM that transformers supports natively (Qwen2, Llama, ...), a CLIP or SigLIP
-tower and the mlp2x_gelu projector; plain transformers, vLLM and SGLang can then serve the model.
-For our QWen (Qwen-7B), the export is the merged folder, loaded with `qwen/` through test.py.
+The Llava format needs an LLM that transformers supports natively (Qwen2, Llama, ...) or our QWen, which
+is converted to Qwen2 (weights and a fast tokenizer with identical ids; exact within its seq_length), a
+CLIP or SigLIP tower and the mlp2x_gelu projector. The weights use the key layout vLLM and SGLang read,
+and the chat template takes OpenAI-style list content, so `vllm serve OUTPUT` serves it as trained.
 """
 
 import argparse
+import json
+import logging
+import os
 import sys
 from dataclasses import replace
 
 import torch
 from peft import PeftModel
-from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from common import atomic_folder, exits_on
+from qwen import QWenLMHeadModel
+from qwen.convert import inexact_features, to_fast_tokenizer, to_qwen2
 from visual.hf_tower import HFVisionTower
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import VisionLanguageModel
+
+logger = logging.getLogger(__name__)
 
 
 def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:
@@ -40,12 +50,45 @@ def llava_strategy(model: VisionLanguageModel) -> str:
     return "default" if n == 1 else "full"
 
 
+def list_content_template(template: str, image_token: str, system_prompt: str | None = None) -> str:
+    """The training chat template, taking OpenAI-style content too: a list of text parts and image parts
+    (what vLLM's chat API and OpenAI server send) is joined in order, each image part becoming the image
+    token, so `[image, text]` renders exactly as the training format's `<image>question`. The checkpoint's
+    system prompt goes first when the conversation brings none, as our processor does."""
+    system = (f"{{%- if messages | length == 0 or messages[0]['role'] != 'system' -%}}"
+              f"{{%- set ns.messages = [{{'role': 'system', 'content': {json.dumps(system_prompt)}}}] -%}}"
+              f"{{%- endif -%}}") if system_prompt is not None else ""
+    return (
+        "{%- set ns = namespace(messages=[], text='') -%}" + system +
+        "{%- for message in messages -%}"
+        "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
+        "{%- else -%}{%- set ns.text = '' -%}"
+        "{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'text' -%}{%- set ns.text = ns.text + part['text'] -%}"
+        f"{{%- elif part['type'] in ['image', 'image_url', 'image_pil'] -%}}{{%- set ns.text = ns.text + "
+        f"{json.dumps(image_token)} -%}}"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "{%- set ns.messages = ns.messages + [{'role': message['role'], 'content': ns.text}] -%}"
+        "{%- endfor -%}{%- set messages = ns.messages -%}" + template
+    )
+
+
+def native_llm(model: VisionLanguageModel):
+    """The LLM (LoRA merged) and its tokenizer as transformers-native classes: our QWen becomes Qwen2."""
+    llm = model.llm.merge_and_unload() if isinstance(model.llm, PeftModel) else model.llm
+    if not isinstance(llm, QWenLMHeadModel):
+        return llm, model.tokenizer
+    inexact = inexact_features(llm.config)
+    if inexact:
+        logger.warning("%s uses %s past seq_length (%d tokens) and Qwen2 has neither: the export equals it within "
+                       "%d tokens, and its max_position_embeddings is %d", model.config.llm, " and ".join(inexact),
+                       llm.config.seq_length, llm.config.seq_length, llm.config.seq_length)
+    return to_qwen2(llm), to_fast_tokenizer(model.tokenizer)
+
+
 def to_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     cfg = model.config
-    llm = model.llm.merge_and_unload() if isinstance(model.llm, PeftModel) else model.llm
     problems = []
-    if not type(llm).__module__.startswith("transformers."):
-        problems.append(f"the LLM {type(llm).__name__} is not a native transformers model (export it merged)")
     if not isinstance(model.vision_tower, HFVisionTower):
         problems.append("the vision tower is not a transformers CLIP/SigLIP model")
     if cfg.projector_type != "mlp2x_gelu":
@@ -54,6 +97,9 @@ def to_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGeneration,
         problems.append("Llava cannot apply the vision post-layernorm to the selected layer")
     if problems:
         raise ValueError("cannot export to Llava: " + "; ".join(problems))
+    llm, tokenizer = native_llm(model)
+    if not type(llm).__module__.startswith("transformers."):
+        raise ValueError(f"cannot export to Llava: the LLM {type(llm).__name__} is not a transformers model")
     vision = model.vision_tower.vision_model
     config = LlavaConfig(
         vision_config=vision.config, text_config=llm.config, image_token_id=model.image_token_id,
@@ -71,13 +117,38 @@ def to_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGeneration,
         llava = LlavaForConditionalGeneration(config)
     # strict: every Llava weight comes from ours and nothing is left over
     llava.load_state_dict({k: v.detach().contiguous() for k, v in state.items()}, strict=True, assign=True)
+    llava.generation_config = GenerationConfig(eos_token_id=model.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
+    template = list_content_template(cfg.chat_template or tokenizer.chat_template, cfg.image_token, cfg.system_prompt)
+    tokenizer.chat_template = template
     processor = LlavaProcessor(
-        image_processor=model.vision_tower.image_processor.processor, tokenizer=model.tokenizer,
+        image_processor=model.vision_tower.image_processor.processor, tokenizer=tokenizer,
         patch_size=vision.config.patch_size, vision_feature_select_strategy=config.vision_feature_select_strategy,
         image_token=cfg.image_token, num_additional_image_tokens=model.vision_tower.prefix_tokens,
-        chat_template=cfg.chat_template,
+        chat_template=template,
     )
     return llava, processor
+
+
+def serving_key_layout(folder: str):
+    """Renames the vision tower's weights to the layout that vLLM and SGLang read (`vision_tower.vision_model.*`,
+    as in the original Llava checkpoints); transformers reads it too. Sharded files and their index alike."""
+    def rename(key: str) -> str:
+        return key.replace("vision_tower.", "vision_tower.vision_model.", 1) if key.startswith("vision_tower.") \
+            and not key.startswith("vision_tower.vision_model.") else key
+
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        path = os.path.join(folder, name)
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata()
+        state = load_file(path)
+        save_file({rename(k): v for k, v in state.items()}, path, metadata=metadata or {"format": "pt"})
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            data = json.load(f)
+        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
+        with open(index, "w") as f:
+            json.dump(data, f, indent=2)
 
 
 def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=None):
@@ -89,6 +160,7 @@ def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=N
     with atomic_folder(output) as tmp:
         llava.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        serving_key_layout(tmp)
 
 
 @exits_on(FileNotFoundError, ValueError)
