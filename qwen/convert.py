@@ -47,8 +47,8 @@ def qwen2_config(config: QWenConfig) -> Qwen2Config:
 def qwen2_state_dict(model: QWenLMHeadModel) -> dict[str, torch.Tensor]:
     """Our QWen's weights under Qwen2's names."""
     src = model.state_dict()
-    out = {"model.embed_tokens.weight": src["transformer.wte.weight"], "model.norm.weight": src["transformer.ln_f.weight"],
-           "lm_head.weight": src["lm_head.weight"]}
+    out = {"model.embed_tokens.weight": src["transformer.wte.weight"],
+           "model.norm.weight": src["transformer.ln_f.weight"], "lm_head.weight": src["lm_head.weight"]}
     for i in range(model.config.num_hidden_layers):
         h, layer = f"transformer.h.{i}.", f"model.layers.{i}."
         for kind in ("weight", "bias"):
