@@ -24,8 +24,7 @@ from tqdm import tqdm
 
 from common import atomic_file, exits_on
 from evaluation import BENCHMARKS, answer_questions, read_predictions
-from model import load_checkpoint
-from model.device import add_device_arguments, pick_device, pick_dtype
+from model.device import add_device_arguments, load_for_inference, pick_device
 from visual import load_image
 
 # CJK characters one by one; words and numbers whole; other symbols one by one
@@ -189,11 +188,10 @@ def main(argv=None) -> int:
         raise ValueError("give --model_weights with --image_map and --captions_file, or --benchmark NAME --data PATH")
     model = None
     if args.model_weights:
-        device = pick_device(args.device)
+        pick_device(args.device)  # a missing GPU fails before anything loads
         if args.benchmark is None:  # data files fail before the model loads
             eval_items(args.image_map, args.captions_file)
-        model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                                device=device, dtype=pick_dtype(args.dtype, device))
+        model = load_for_inference(args)
     results = evaluate_benchmark(args, model) if args.benchmark else evaluate_conversations(args, model)
     print(json.dumps(results, ensure_ascii=False))
     return 0

@@ -20,8 +20,7 @@ from tqdm import tqdm
 from transformers import TextIteratorStreamer
 
 from common import IMAGE_MARKER, atomic_file, exits_on
-from model import load_checkpoint
-from model.device import add_device_arguments, pick_device, pick_dtype
+from model.device import add_device_arguments, load_for_inference, pick_device
 from visual import ImageLoadError, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -155,7 +154,7 @@ def chat(model, args, image):
 @exits_on(FileNotFoundError, ValueError, OSError)  # ImageLoadError and UsageError are ValueErrors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = pick_device(args.device)
+    pick_device(args.device)  # a missing GPU fails before anything loads
     folder = bool(args.image_path) and os.path.isdir(args.image_path)
     batch_mode = bool(args.questions) or folder
     image = None
@@ -164,8 +163,7 @@ def main(argv=None) -> int:
     if not (args.interactive or batch_mode):
         prompt = with_image_marker(args.prompt, 1 if image else 0)
     torch.manual_seed(args.seed)
-    model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                            dtype=pick_dtype(args.dtype, device), device=device)
+    model = load_for_inference(args)
     if args.system is not None:
         model.processor.system_prompt = args.system
     if args.interactive:

@@ -15,8 +15,7 @@ import threading
 from transformers import TextIteratorStreamer
 
 from common import IMAGE_MARKER, exits_on
-from model import load_checkpoint
-from model.device import add_device_arguments, pick_device, pick_dtype
+from model.device import add_device_arguments, load_for_inference
 from visual import ImageLoadError, load_image
 
 
@@ -103,9 +102,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if importlib.util.find_spec("gradio") is None:
         raise ImportError("the web UI needs Gradio: pip install gradio")
-    device = pick_device(args.device)
-    model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
-                            device=device, dtype=pick_dtype(args.dtype, device))
+    model = load_for_inference(args)
     build_app(model, args.max_new_tokens).queue().launch(server_name=args.host, server_port=args.port,
                                                           share=args.share)
 

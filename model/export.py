@@ -87,6 +87,23 @@ def native_llm(model: VisionLanguageModel):
 
 
 def to_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """The Llava model (weights shared with ours, not copied) and its processor."""
+    cfg = model.config
+    llava, tokenizer = to_llava_model(model)
+    template = list_content_template(cfg.chat_template or tokenizer.chat_template, cfg.image_token, cfg.system_prompt)
+    tokenizer.chat_template = template
+    vision = model.vision_tower.vision_model
+    processor = LlavaProcessor(
+        image_processor=model.vision_tower.image_processor.processor, tokenizer=tokenizer,
+        patch_size=vision.config.patch_size, vision_feature_select_strategy=llava.config.vision_feature_select_strategy,
+        image_token=cfg.image_token, num_additional_image_tokens=model.vision_tower.prefix_tokens,
+        chat_template=template,
+    )
+    return llava, processor
+
+
+def to_llava_model(model: VisionLanguageModel):
+    """LlavaForConditionalGeneration with our weights, and the transformers tokenizer that goes with it."""
     cfg = model.config
     problems = []
     if not isinstance(model.vision_tower, HFVisionTower):
@@ -117,16 +134,15 @@ def to_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGeneration,
         llava = LlavaForConditionalGeneration(config)
     # strict: every Llava weight comes from ours and nothing is left over
     llava.load_state_dict({k: v.detach().contiguous() for k, v in state.items()}, strict=True, assign=True)
+    # buffers that no state dict holds (position ids, rotary frequencies) come from our modules too
+    ours = {f"model.vision_tower.{k}": v for k, v in vision.named_buffers()}
+    ours |= {f"model.language_model.{k}": v for k, v in base.named_buffers()}
+    for name, buffer in list(llava.named_buffers()):
+        if buffer.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            llava.get_submodule(owner)._buffers[leaf] = ours[name]
     llava.generation_config = GenerationConfig(eos_token_id=model.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
-    template = list_content_template(cfg.chat_template or tokenizer.chat_template, cfg.image_token, cfg.system_prompt)
-    tokenizer.chat_template = template
-    processor = LlavaProcessor(
-        image_processor=model.vision_tower.image_processor.processor, tokenizer=tokenizer,
-        patch_size=vision.config.patch_size, vision_feature_select_strategy=config.vision_feature_select_strategy,
-        image_token=cfg.image_token, num_additional_image_tokens=model.vision_tower.prefix_tokens,
-        chat_template=template,
-    )
-    return llava, processor
+    return llava, tokenizer
 
 
 def serving_key_layout(folder: str):

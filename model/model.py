@@ -17,6 +17,7 @@ from common import IMAGE_MARKER
 from visual import FeatureSelection, load_vision_tower
 
 from .config import VLMConfig
+from .decoding import DECODING_MODES, StaticDecoder
 from .processor import VLMProcessor
 from .projector import build_projector
 from .zero3 import gathered
@@ -53,6 +54,7 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         self.processor = VLMProcessor(tokenizer, vision_tower.image_processor, config.image_token,
                                       config.num_image_tokens, config.chat_template, config.system_prompt)
+        self.decoder = None  # see set_decoding
 
     @classmethod
     def build(cls, config: VLMConfig, dtype=torch.float32, device=None, llm_path=None, vision_path=None,
@@ -146,6 +148,14 @@ class VisionLanguageModel(nn.Module):
         ids = [self.processor.end_of_turn_id, self.tokenizer.eos_token_id]
         return list(dict.fromkeys(i for i in ids if i is not None))
 
+    def set_decoding(self, mode: str = "eager"):
+        """eager: transformers' generate (beam search included); static: a preallocated KV cache and a plain
+        decode loop; compiled: that loop's step through torch.compile (CUDA graphs on a GPU). See decoding.py."""
+        if mode not in DECODING_MODES:
+            raise ValueError(f"decoding must be one of {DECODING_MODES}, not {mode!r}")
+        self.decoder = None if mode == "eager" else StaticDecoder(self, compile=mode == "compiled")
+        return self
+
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, pixel_values=None, **generate_kwargs) -> torch.Tensor:
         """Greedy by default; sampling and beam search through the usual generate arguments, with the KV
@@ -153,6 +163,8 @@ class VisionLanguageModel(nn.Module):
         generate_kwargs.setdefault("eos_token_id", self.stop_token_ids)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.stop_token_ids[0])
         generate_kwargs.setdefault("do_sample", False)
+        if self.decoder is not None and generate_kwargs.get("num_beams", 1) == 1:
+            return self.decoder.generate(input_ids, attention_mask, pixel_values, **generate_kwargs)
         embeds = self.embed(input_ids, pixel_values)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 

