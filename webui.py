@@ -3,12 +3,16 @@
     pip install gradio          # optional: nothing else in the project imports it
     python webui.py --model_weights ./weights/demo [--port 7860] [--host 127.0.0.1] [--share]
 
+Examples from test_img/ are one click away; temperature (0: greedy), top-p and max new tokens sit under
+"Generation"; the header names the checkpoint, its base models, device, precision and decoding loop.
+
 It listens on 127.0.0.1 only, unless --host (another interface) or --share (a public gradio.live link)
 is given.
 """
 
 import argparse
 import importlib.util
+import os
 import sys
 import threading
 
@@ -62,10 +66,30 @@ def to_conversation(history: list[dict], message: dict) -> tuple[list[dict], lis
     return messages, images
 
 
-def build_app(model, max_new_tokens: int = 512):
+EXAMPLE_QUESTIONS = ["What shapes are in the image?", "图中出现了哪些颜色？", "Describe the image."]
+
+
+def examples(folder: str = "test_img") -> list[dict]:
+    """One clickable example per image of test_img/, each with a question."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    return [{"text": EXAMPLE_QUESTIONS[i % len(EXAMPLE_QUESTIONS)], "files": [os.path.join(folder, name)]}
+            for i, name in enumerate(names)]
+
+
+def describe(model, name: str) -> str:
+    cfg, device = model.config, model.llm.device
+    decoding = "eager" if model.decoder is None else ("compiled" if model.decoder.compiled else "static")
+    return (f"**{name}**: {cfg.llm} + {cfg.vision} ({cfg.llm_mode}), on {device.type} in "
+            f"{str(model.llm.dtype).removeprefix('torch.')}, {decoding} decoding")
+
+
+def build_app(model, max_new_tokens: int = 512, name: str = "checkpoint"):
     import gradio as gr
 
-    def chat(message, history):  # the HTTP endpoint is named after it: /chat
+    def chat(message, history, temperature=0.0, top_p=1.0, new_tokens=max_new_tokens):
+        """The HTTP endpoint is named after it: /chat. Temperature 0 is greedy decoding."""
         try:
             messages, images = to_conversation(history, message)
         except ImageLoadError as e:
@@ -75,8 +99,9 @@ def build_app(model, max_new_tokens: int = 512):
             yield "Please ask a question about the image."
             return
         streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
         thread = threading.Thread(target=model.answer, args=([messages], [images]),
-                                  kwargs={"max_new_tokens": max_new_tokens, "streamer": streamer})
+                                  kwargs={"max_new_tokens": int(new_tokens), "streamer": streamer, **sampling})
         thread.start()
         text = ""
         for piece in streamer:
@@ -84,8 +109,14 @@ def build_app(model, max_new_tokens: int = 512):
             yield text
         thread.join()
 
-    return gr.ChatInterface(chat, multimodal=True, title="VLM chat",
-                            textbox=gr.MultimodalTextbox(file_types=["image"], placeholder="Upload an image, ask"))
+    controls = [gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0: greedy)"),
+                gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p"),
+                gr.Slider(1, max(max_new_tokens, 1), value=max_new_tokens, step=1, label="max new tokens")]
+    return gr.ChatInterface(chat, multimodal=True, title="VLM chat", description=describe(model, name),
+                            textbox=gr.MultimodalTextbox(file_types=["image"], placeholder="Upload an image, ask"),
+                            additional_inputs=controls, additional_inputs_accordion="Generation",
+                            examples=[[e, 0.0, 1.0, max_new_tokens] for e in examples()] or None,
+                            run_examples_on_click=True, cache_examples=False)
 
 
 @exits_on(ImportError, FileNotFoundError, ValueError, OSError)
@@ -103,7 +134,8 @@ def main(argv=None) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise ImportError("the web UI needs Gradio: pip install gradio")
     model = load_for_inference(args)
-    build_app(model, args.max_new_tokens).queue().launch(server_name=args.host, server_port=args.port,
+    name = os.path.basename(os.path.normpath(args.model_weights))
+    build_app(model, args.max_new_tokens, name).queue().launch(server_name=args.host, server_port=args.port,
                                                           share=args.share)
 
 
