@@ -18,6 +18,7 @@ from common.cli import fail
 from dataset import DataUnavailable, VLMCollator, VLMDataset
 from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
+from model.loss import resolve as resolve_loss
 from model.zero3 import place_buffers
 from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments
 from training.checkpoints import incomplete_reason, latest_complete_checkpoint
@@ -60,7 +61,12 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
                                       else dtype, attn_implementation="flash_attention_2" if flash else None)
     if m.init_projector:  # stage 2 starts from the stage-1 projector
         load_projector_file(model, m.init_projector)
-    return model.apply_trainable_modes()
+    if m.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint_every must be 1 or more, not {m.checkpoint_every}")
+    model.loss_impl, model.checkpoint_every = m.loss_impl, m.checkpoint_every
+    model.apply_trainable_modes()
+    resolve_loss(m.loss_impl, model.llm.get_output_embeddings())  # a bad choice fails before training starts
+    return model
 
 
 def resume_point(args: VLMTrainingArguments) -> str | None:

@@ -27,12 +27,14 @@ from model.export import export
 LENGTHS = [24, 40, 64, 96, 128, 192, 256, 384]
 
 
-def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int = 384, vision_layers: int = 4):
+def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int = 384, vision_layers: int = 4,
+               vocab: int = 272):
     """Our VLM and a LlavaForConditionalGeneration with the same weights: a CLIP-style tower (224 px,
-    patch 16: 196 tokens), a Qwen2-style LLM and the mlp2x_gelu projector."""
+    patch 16: 196 tokens), a Qwen2-style LLM (its embedding matrix `vocab` rows; Qwen's is 151,936) and
+    the mlp2x_gelu projector."""
     torch.manual_seed(0)
     llm_dir, vision_dir = os.path.join(root, "llm"), os.path.join(root, "vision")
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=272, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
                                  num_key_value_heads=8, intermediate_size=4 * hidden, max_position_embeddings=2048,
                                  tie_word_embeddings=False)).save_pretrained(llm_dir)
     byte_level_tokenizer().save_pretrained(llm_dir)

@@ -11,6 +11,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import AddedToken
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
 from common import IMAGE_MARKER
@@ -18,6 +20,8 @@ from visual import FeatureSelection, load_vision_tower
 
 from .config import VLMConfig
 from .decoding import DECODING_MODES, StaticDecoder
+from .loss import causal_lm_loss
+from .loss import resolve as resolve_loss
 from .processor import VLMProcessor
 from .projector import build_projector
 from .zero3 import gathered
@@ -55,6 +59,8 @@ class VisionLanguageModel(nn.Module):
         self.processor = VLMProcessor(tokenizer, vision_tower.image_processor, config.image_token,
                                       config.num_image_tokens, config.chat_template, config.system_prompt)
         self.decoder = None  # see set_decoding
+        self.loss_impl = "auto"  # see loss.py: the loss at labelled positions only, chunked
+        self.checkpoint_every = 1  # with activation checkpointing: recompute every k-th LLM block
 
     @classmethod
     def build(cls, config: VLMConfig, dtype=torch.float32, device=None, llm_path=None, vision_path=None,
@@ -103,12 +109,16 @@ class VisionLanguageModel(nn.Module):
         return self
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
-        """Recomputes the LLM's blocks in the backward pass (the Trainer calls this)."""
+        """Recomputes the LLM's blocks in the backward pass (the Trainer calls this): every block, or every
+        `checkpoint_every`-th one (selective checkpointing: less recomputation for more memory)."""
         kwargs_ = activation_checkpointing_kwargs or {"use_reentrant": False}
         if hasattr(self.llm, "activation_checkpointing_enable"):
             self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_, **kwargs)
         else:  # transformers before the rename
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_)
+        blocks = [m for m in self.llm.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for i, block in enumerate(blocks):
+            block.gradient_checkpointing = i % self.checkpoint_every == 0
         # LoRA under reentrant checkpointing needs inputs that require grad, even with a frozen projector
         self.llm.enable_input_require_grads()
 
@@ -137,8 +147,17 @@ class VisionLanguageModel(nn.Module):
         return embeds.masked_scatter(image_mask[..., None].expand_as(embeds), features)
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs):
-        inputs_embeds = self.embed(input_ids, pixel_values)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        inputs_embeds = self.embed(input_ids, pixel_values)  # (B, T, C)
+        if labels is None or self.loss_impl == "plain":
+            return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        # the loss at the labelled positions only (loss.py): the LLM's body, then its head on those rows
+        causal_lm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        head = causal_lm.get_output_embeddings()
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        hidden = causal_lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
+                                      **kwargs).last_hidden_state  # (B, T, C)
+        loss = causal_lm_loss(hidden, labels, head, resolve_loss(self.loss_impl, head), num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss)
 
     # ---- generation ----
 

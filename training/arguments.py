@@ -25,6 +25,13 @@ class ModelArguments:
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 x lora_rank"})
     lora_dropout: float = field(default=0.05)
     target_modules: str = field(default="c_attn|w1|w2", metadata={"help": "'|'-separated names, or all-linear"})
+    loss_impl: str = field(
+        default="auto", metadata={"help": "auto (chunked; labelled under ZeRO-3) | chunked | labelled | liger (CUDA, "
+                                          "pip install liger-kernel) | plain: where the LM loss is computed (README)"}
+    )
+    checkpoint_every: int = field(
+        default=1, metadata={"help": "with activation checkpointing, recompute every k-th LLM block only (1: all)"}
+    )
     init_projector: str | None = field(
         default=None, metadata={"help": "stage 2: start from this stage-1 checkpoint folder's projector"}
     )
