@@ -1,10 +1,13 @@
 """LoRA training throughput of a Qwen-7B-shaped VLM on one GPU (random weights, built on the meta device
 and materialised on the GPU), SigLIP-so400m-384-shaped frozen tower (729 tokens), LoRA r=128 on
-c_attn|w1|w2, bf16, SDPA. Reports tokens/s, MFU and peak memory for batch 1/4/8 with activation
-checkpointing and batch 4 without; then generate() tokens/s (batch 1, 256 new tokens).
+c_attn|w1|w2, bf16, SDPA, against transformers' LlavaForConditionalGeneration with peft LoRA r=128 on
+q/k/v/gate/up of the same weights (its LLM converted to Qwen2, weights shared), in the same run. Reports
+tokens/s, MFU and peak memory of both for batch 1/4/8 with activation checkpointing and batch 4 without.
+--budget_gib 24 instead tries batch sizes and checkpointing settings and reports the fastest that fits.
 
-    python bench/gpu_train.py            # about 5 minutes on one H100
-    python bench/gpu_train.py --tiny     # a seconds-long smoke run of the same code on the CPU
+    python bench/gpu_train.py                    # about 5 minutes on one H100
+    python bench/gpu_train.py --budget_gib 24    # the fastest setting under 24 GiB (an RTX 3090/4090)
+    python bench/gpu_train.py --tiny             # a seconds-long smoke run of the same code on the CPU
 
 MFU = (4 * N_llm * T + 2 * N_vision * T_img) / (seconds * 989e12): frozen weights take no weight
 gradients, hence 4N rather than 6N; 989 TFLOP/s is the H100 SXM dense bf16 peak. N_llm excludes the
@@ -57,7 +60,7 @@ def materialise(module, device, dtype):
     return module.to(dtype)
 
 
-def build(shape, device, dtype):
+def build(shape, device, dtype, lora=True):
     vocab = write_byte_vocab(os.path.join(tmpdir(), "qwen.tiktoken"))
     tokenizer = QWenTokenizer(vocab)
     with torch.device("meta"):
@@ -68,7 +71,10 @@ def build(shape, device, dtype):
     config = VLMConfig(llm="(random)", vision="(random)", lora_rank=128, target_modules="c_attn|w1|w2",
                        image_token="<|extra_0|>", num_image_tokens=tower.num_patches,
                        vision_hidden_size=tower.hidden_size, llm_hidden_size=llm.config.hidden_size)
-    return VisionLanguageModel(config, tower, llm, tokenizer).apply_trainable_modes()
+    model = VisionLanguageModel(config, tower, llm, tokenizer)
+    if not lora:
+        model.config.llm_mode = "frozen"
+    return model.apply_trainable_modes()
 
 
 def inputs(model, batch, text, device):
@@ -84,20 +90,32 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def train_run(model, batch, text, steps, device, checkpointing):
-    model.llm.train()
-    if checkpointing:
+def train_run(model, batch, text, steps, device, every, vlm=None):
+    """(seconds per step, peak GiB) of forward + backward + AdamW; every: activation checkpointing of every
+    k-th block (0: off). `model` is ours (then vlm is None) or Llava with peft (vlm: ours, for the inputs)."""
+    ours = vlm or model
+    llm = model.llm if vlm is None else model
+    llm.train()
+    if every and vlm is None:
+        model.checkpoint_every = every
         model.activation_checkpointing_enable()
+    elif every:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm.enable_input_require_grads()
     else:
-        model.llm.gradient_checkpointing_disable()
-    ids, pixels = inputs(model, batch, text, device)
+        llm.gradient_checkpointing_disable()
+    ids, pixels = inputs(ours, batch, text, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(ids, pixel_values=pixels, labels=ids).loss
+            if vlm is None:
+                loss = model(ids, pixel_values=pixels, labels=ids).loss
+            else:
+                loss = model(input_ids=ids, pixel_values=pixels, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -114,47 +132,90 @@ def train_run(model, batch, text, steps, device, checkpointing):
     return seconds, peak
 
 
+def llava_peer(model, rank: int):
+    """transformers' Llava on our (frozen, LoRA-free) weights, with peft LoRA on the LLM's q/k/v/gate/up."""
+    from peft import LoraConfig, get_peft_model
+
+    from model.export import to_llava_model
+
+    llava, _ = to_llava_model(model)
+    llava.requires_grad_(False)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
+                      target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|gate_proj|up_proj)")
+    return get_peft_model(llava, lora)
+
+
+def attempt(fn):
+    """fn() or None when it runs out of GPU memory."""
+    try:
+        return fn()
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--budget_gib", type=float, help="report the fastest setting of ours whose peak fits")
     args = p.parse_args()
     shape = SHAPES["tiny" if args.tiny else "full"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = build(shape, device, dtype)
+    model = build(shape, device, dtype, lora=False)
+    llava = llava_peer(model, rank=128)
+    model.config.llm_mode = "lora"
+    model.apply_trainable_modes()
     llm_params = sum(p.numel() for n, p in model.llm.named_parameters() if "wte" not in n and "lora_" not in n)
     vision_params = sum(p.numel() for p in model.vision_tower.parameters())
     n_img, text = model.config.num_image_tokens, shape["text"]
-    rows, result = [], {"benchmark": "gpu_train", **machine(), "device": str(device),
-                        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                        "llm_params": llm_params, "vision_params": vision_params}
-    for batch, checkpointing in [*((b, True) for b in shape["batches"]), (4 if not args.tiny else 1, False)]:
-        try:
-            seconds, peak = train_run(model, batch, text, shape["steps"], device, checkpointing)
-        except torch.OutOfMemoryError:
-            rows.append([f"batch {batch}, checkpointing {checkpointing}", "out of memory", "", "", ""])
-            torch.cuda.empty_cache()
+    result = {"benchmark": "gpu_train", **machine(), "device": str(device),
+              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "llm_params": llm_params, "vision_params": vision_params}
+
+    def mfu(batch, seconds):
+        tokens = batch * (n_img + text)
+        return (4 * llm_params * tokens + 2 * vision_params * batch * n_img) / (seconds * PEAK_FLOPS)
+
+    if args.budget_gib:
+        rows, best = [], None
+        for batch in (*shape["batches"], 2 * shape["batches"][-1]):
+            for every in (0, 4, 2, 1):
+                r = attempt(lambda b=batch, e=every: train_run(model, b, text, shape["steps"], device, e))
+                if r is None:
+                    rows.append([f"batch {batch}, checkpoint every {every or '-'}", "out of memory", "", ""])
+                    continue
+                tps = batch * (n_img + text) / r[0]
+                fits = not r[1] > args.budget_gib
+                rows.append([f"batch {batch}, checkpoint every {every or '-'}", f"{tps:.0f}", f"{r[1]:.1f} GiB",
+                             "yes" if fits else "no"])
+                if fits and (best is None or tps > best[0]):
+                    best = (tps, batch, every, r[1])
+        print(table(rows, ["ours: setting", "tokens/s", "peak", f"<= {args.budget_gib} GiB"]))
+        print(f"fastest within {args.budget_gib} GiB: " + ("none" if best is None else
+              f"batch {best[1]}, checkpoint every {best[2] or '-'}: {best[0]:.0f} tokens/s, {best[3]:.1f} GiB"))
+        result["budget"] = {"gib": args.budget_gib, "best": best}
+        emit(result)
+        return
+    rows = []
+    settings = [*((b, 1) for b in shape["batches"]), (4 if not args.tiny else 1, 0)]
+    for batch, every in settings:
+        ours = attempt(lambda b=batch, e=every: train_run(model, b, text, shape["steps"], device, e))
+        theirs = attempt(lambda b=batch, e=every: train_run(llava, b, text, shape["steps"], device, e, vlm=model))
+        tokens = batch * (n_img + text)
+        label = f"{batch}, {'on' if every else 'off'}"
+        if ours is None or theirs is None:
+            rows.append([label, "OOM" if ours is None else f"{tokens / ours[0]:.0f}",
+                         "OOM" if theirs is None else f"{tokens / theirs[0]:.0f}", "", "", "", ""])
             continue
-        tokens, image_tokens = batch * (n_img + text), batch * n_img
-        mfu = (4 * llm_params * tokens + 2 * vision_params * image_tokens) / (seconds * PEAK_FLOPS)
-        mfu6 = (6 * llm_params * tokens + 2 * vision_params * image_tokens) / (seconds * PEAK_FLOPS)
-        rows.append([f"batch {batch} x ({text}+{n_img}), checkpointing {checkpointing}", f"{tokens / seconds:.0f}",
-                     f"**{mfu:.1%}**", f"{mfu6:.1%}", f"{peak:.1f} GiB"])
-        result[f"b{batch}_ckpt{int(checkpointing)}"] = {"tokens_per_s": tokens / seconds, "mfu": mfu, "mfu_6n": mfu6,
-                                                        "peak_gib": peak, "step_s": seconds}
-    model.llm.eval()
-    ids, pixels = inputs(model, 1, 32, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        model.generate(ids, pixel_values=pixels, max_new_tokens=4, min_new_tokens=4, eos_token_id=None)
-        sync(device)
-        start = time.perf_counter()
-        model.generate(ids, pixel_values=pixels, max_new_tokens=shape["new_tokens"],
-                       min_new_tokens=shape["new_tokens"], eos_token_id=None)
-        sync(device)
-    gen_tps = shape["new_tokens"] / (time.perf_counter() - start)
-    result["generate_tokens_per_s"] = gen_tps
-    print(table(rows, ["LoRA training step", "tokens/s", "MFU (4N)", "MFU (6N)", "peak memory"]))
-    print(f"generate, batch 1, {shape['new_tokens']} new tokens: {gen_tps:.1f} tokens/s")
+        rows.append([label, f"{tokens / ours[0]:.0f}", f"{tokens / theirs[0]:.0f}", f"**{theirs[0] / ours[0]:.2f}x**",
+                     f"{mfu(batch, ours[0]):.1%}", f"{ours[1]:.1f} GiB", f"{theirs[1]:.1f} GiB"])
+        result[f"b{batch}_ckpt{int(bool(every))}"] = {
+            "ours_tokens_per_s": tokens / ours[0], "llava_tokens_per_s": tokens / theirs[0],
+            "ratio": theirs[0] / ours[0], "mfu": mfu(batch, ours[0]), "ours_peak_gib": ours[1],
+            "llava_peak_gib": theirs[1]}
+    print(table(rows, ["batch, activation checkpointing", "ours tokens/s", "Llava+peft tokens/s", "ours / Llava",
+                       "ours MFU (4N)", "ours peak", "Llava peak"]))
     emit(result)
 
 
