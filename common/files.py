@@ -1,5 +1,6 @@
 """Atomic writes: a crash, a kill or a full disk never leaves half a file where a good one was."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -47,3 +48,14 @@ def atomic_folder(folder: str):
         else:
             os.replace(src, dst)
     os.rmdir(tmp)
+
+
+def read_json(path: str, error: type[Exception] = ValueError, kind: str = "file"):
+    """json.load of a file; a missing or malformed one raises `error` with one sentence naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{kind} not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None

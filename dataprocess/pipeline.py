@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+import common
 from common import IMAGE_MARKER, atomic_file
 
 from .captions import convert_ai_challenger, convert_coco_captions
@@ -71,13 +72,7 @@ CONVERTERS = {
 
 
 def read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"annotation file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
+    return common.read_json(path, DataError, "annotation file")
 
 
 IMAGES_PER_WORKER = 2000  # a header check takes about 0.5 ms: fewer images per process do not repay its start

@@ -1,13 +1,16 @@
-"""The CPU demo, end to end, through the project's real commands:
+"""The CPU demo, end to end, through the project's real commands, following a real VLM's lineage in miniature:
 
   1. a synthetic shapes-and-colours data set in the `conversations` format (train + held-out images)
   2. process_image.py on it
-  3. tiny base models (our QWen with a 256-byte vocabulary, a CLIP-style ViT), saved as model folders
-  4. train.py: the whole tiny LLM and the projector trained, the random ViT frozen
-  5. eval.py on the held-out images
-  6. a few Q&A examples, the accuracy, a loss-curve PNG and a PNG grid of held-out answers
+  3. the tiny LLM (our QWen with a 256-byte vocabulary), saved as a model folder
+  4. stage 0: a tiny CLIP (open_clip's ResNet + a text transformer) pretrained with open_clip's ClipLoss on
+     the training images and their captions, its image tower saved as a folder --base_vision_model loads
+  5. train.py: that tower frozen, the whole tiny LLM and the projector trained (stage 2; stage 1 is
+     skipped: it aligns a projector to a pretrained LLM, and this one starts random, see README)
+  6. eval.py on the held-out images
+  7. a few Q&A examples, the accuracy, loss curves of stages 0 and 2, a PNG grid of held-out answers
 
-    python -m demo.run [--seed 0] [--steps N] [--quick]     (sh demo.sh sets up .venv first)
+    python -m demo.run [--seed 0] [--steps N] [--clip_steps N] [--quick]   (sh demo.sh sets up .venv first)
 """
 
 import argparse
@@ -19,49 +22,62 @@ import time
 
 import yaml
 
+from training.plot import plot_curve
+
 from .bases import build_tiny_llm, build_tiny_qwen2, build_tiny_vision
+from .clip_pretrain import captioned_images, pretrain
 from .grid import draw_grid
 from .synthetic import write_split
 
 # Tuned on the 2-core CPU machine this project is developed on; see README "The CPU demo".
-DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1000, batch_size=32, learning_rate=3e-3)
+DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1000, batch_size=32, learning_rate=1e-3,
+                clip_steps=400, clip_learning_rate=3e-3, init_range=0.08)
+STEPS = 7
 
 
 def run(cmd: list[str], log: str) -> str:
-    """Runs one of the project's commands, its output to a log file; stops the demo if it fails."""
+    """Runs one of the project's commands: its progress (stderr) shows on the terminal as it goes, its
+    stdout goes to a log file and is returned. Stops the demo if the command fails."""
     print("  $ " + " ".join(cmd), flush=True)
     with open(log, "w") as f:
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True)
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        f.write(result.stdout)
     if result.returncode != 0:
-        sys.exit(f"demo: step failed (exit {result.returncode}); see {log}")
+        sys.exit(f"demo: step failed (exit {result.returncode}); its messages are above, its output in {log}")
     return result.stdout
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and training seed")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="stage-2 steps (train.py)")
+    p.add_argument("--clip_steps", type=int, default=DEFAULTS["clip_steps"], help="stage-0 steps (CLIP)")
     p.add_argument("--train_images", type=int, default=DEFAULTS["train_images"])
     p.add_argument("--test_images", type=int, default=DEFAULTS["test_images"])
     p.add_argument("--data_dir", default="data/demo")
     p.add_argument("--output_dir", default="weights/demo")
     p.add_argument("--llm", choices=["qwen", "qwen2"], default="qwen",
                    help="the tiny LLM: our QWen (default) or transformers' Qwen2")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 40 steps on 200 images")
+    p.add_argument("--vision", choices=["clip_resnet", "vit"], default="clip_resnet",
+                   help="clip_resnet: pretrained in stage 0 (default); vit: a random CLIP ViT, frozen, as "
+                        "demos before it (exports to Llava)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 40 steps (20 in stage 0) on 200 images")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.train_images, args.test_images = 40, 200, 20
+        args.steps, args.clip_steps, args.train_images, args.test_images = 40, 20, 200, 20
     data, out, base = args.data_dir, args.output_dir, args.output_dir + "_base"
     os.makedirs(data, exist_ok=True)
     python, times = sys.executable, {}
 
     def step(name):
         times[name] = time.time()
-        print(f"\n[{len(times)}/6] {name}", flush=True)
+        print(f"\n[{len(times)}/{STEPS}] {name}", flush=True)
 
     step("synthetic data")
+    annotations = {}
     for split, n, seed in (("train", args.train_images, args.seed), ("test", args.test_images, 10_000 + args.seed)):
         files = write_split(os.path.join(data, split), n, DEFAULTS["image_size"], seed)
+        annotations[split] = files["en"]
         config = {"output_dir": os.path.join(data, split, "processed"), "seed": args.seed, "sources": [
             {"type": "conversations", "name": lang, "annotations": path, "image_dir": os.path.join(data, split)}
             for lang, path in files.items()]}
@@ -74,24 +90,42 @@ def main(argv=None):
         print(run([python, "process_image.py", "--config", os.path.join(data, f"{split}.yaml"), "--no_progress"],
                   os.path.join(data, f"process_{split}.log")).rstrip())
 
-    step("tiny base models")
+    step("tiny LLM")
     build = build_tiny_llm if args.llm == "qwen" else build_tiny_qwen2
-    llm = build(os.path.join(base, "llm"), args.seed)
-    vision = build_tiny_vision(os.path.join(base, "vision"), args.seed)
-    print(f"  {llm}: {'QWen' if args.llm == 'qwen' else 'Qwen2'}, 2 layers, width 128, 256-byte vocabulary\n"
-          f"  {vision}: CLIP-style ViT (64 px, patch 16: 16 tokens), random, frozen")
+    llm = build(os.path.join(base, "llm"), args.seed, init_range=DEFAULTS["init_range"])
+    print(f"  {llm}: {'QWen' if args.llm == 'qwen' else 'Qwen2'}, 2 layers, width 128, 256-byte vocabulary, "
+          f"initializer_range {DEFAULTS['init_range']}")
 
-    step("train.py")
+    step("stage 0: CLIP pretraining")
+    vision = os.path.join(base, "vision")
+    stage0 = {}
+    if args.vision == "vit":
+        build_tiny_vision(vision, args.seed)
+        select_layer = "-2"
+        print(f"  {vision}: CLIP-style ViT (64 px, patch 16: 16 tokens), random, frozen (no stage 0)")
+    else:
+        pairs = {s: captioned_images(annotations[s], os.path.join(data, s)) for s in annotations}
+        stage0 = pretrain(pairs["train"], pairs["test"], vision, steps=args.clip_steps,
+                          lr=DEFAULTS["clip_learning_rate"], seed=args.seed)
+        curve = plot_curve(list(range(1, len(stage0["losses"]) + 1)), stage0["losses"],
+                           os.path.join(base, "clip_loss.png"), "stage 0: CLIP (ClipLoss)")
+        select_layer = "-1"  # the ResNet's last stage: a 2 x 2 grid of 512-wide tokens
+        print(f"  {vision}: open_clip ResNet (64 px, width 16) + text transformer, {args.clip_steps} steps of 128 "
+              f"pairs: loss {stage0['loss_first']:.3f} -> {stage0['loss_last']:.3f}; zero-shot retrieval on the "
+              f"held-out images (top-1 of {len(set(c for _, c in pairs['test']))} captions): "
+              f"{stage0['zero_shot_top1']:.1%}; curve in {curve}")
+
+    step("train.py (stage 2)")
     train_dir = os.path.join(data, "train", "processed")
     run([python, "train.py", "--base_language_model", llm, "--base_vision_model", vision,
-         "--image_map", f"{train_dir}/image_map.json", "--captions_file", f"{train_dir}/captions.json",
-         "--output_dir", out, "--llm_mode", "full",
+         "--select_layer", select_layer, "--image_map", f"{train_dir}/image_map.json",
+         "--captions_file", f"{train_dir}/captions.json", "--output_dir", out, "--llm_mode", "full",
          "--max_steps", str(args.steps), "--per_device_train_batch_size", str(DEFAULTS["batch_size"]),
          "--learning_rate", str(DEFAULTS["learning_rate"]),
          "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
-         "--logging_steps", str(max(1, min(25, args.steps // 10))),
+         "--logging_steps", str(max(1, min(50, args.steps // 10))),
          "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--auto_resume", "false",
-         "--dataloader_num_workers", "1", "--disable_tqdm", "true"], os.path.join(data, "train.log"))
+         "--dataloader_num_workers", "1"], os.path.join(data, "train.log"))
     state = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
     curve = [h["loss"] for h in state if "loss" in h]
     print(f"  loss {curve[0]:.3f} -> {curve[-1]:.3f} over {args.steps} steps; curve in {out}/loss.png")
@@ -99,8 +133,8 @@ def main(argv=None):
     step("eval.py")
     test_dir = os.path.join(data, "test", "processed")
     stdout = run([python, "eval.py", "--model_weights", out, "--image_map", f"{test_dir}/image_map.json",
-                  "--captions_file", f"{test_dir}/captions.json", "--batch_size", "50", "--max_new_tokens", "48",
-                  "--no_progress"], os.path.join(data, "eval.log"))
+                  "--captions_file", f"{test_dir}/captions.json", "--batch_size", "50", "--max_new_tokens", "48"],
+                 os.path.join(data, "eval.log"))
     results = json.loads(stdout.strip().splitlines()[-1])
 
     step("examples")
@@ -122,7 +156,8 @@ def main(argv=None):
     print(f"  try it: sh test.sh   or   python test.py --model_weights {out} --image_path test_img/2.jpg "
           "--prompt \"What shapes are in the image?\"")
     print(json.dumps({"exact_match": results["exact_match"], "per_source": per_source, "seconds": seconds,
-                      "steps": args.steps, "seed": args.seed}, ensure_ascii=False))
+                      "steps": args.steps, "clip_steps": args.clip_steps if stage0 else 0,
+                      "zero_shot_top1": stage0.get("zero_shot_top1"), "seed": args.seed}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

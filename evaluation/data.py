@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+import common
 from visual import load_image
 
 
@@ -28,13 +29,7 @@ class Question:
 
 
 def read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise BenchmarkDataError(f"benchmark file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise BenchmarkDataError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+    return common.read_json(path, BenchmarkDataError, "benchmark file")
 
 
 def read_jsonl(path: str) -> list[tuple[int, dict]]:

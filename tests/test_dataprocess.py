@@ -147,7 +147,7 @@ def test_malformed_annotations_stop_with_a_sentence(datasets, tmp_path, capsys):
     config["sources"][0]["annotations"] = str(bad_json)
     datasets.write_text(yaml.safe_dump(config))
     assert process_image.main(["--config", str(datasets)]) == 2
-    assert "bad.json is not valid JSON" in capsys.readouterr().err
+    assert "bad.json line 1: not valid JSON" in capsys.readouterr().err
 
     config["sources"][0]["annotations"] = write_json(tmp_path / "nokey.json", [{"id": "x1", "image": "a.jpg"}])
     datasets.write_text(yaml.safe_dump(config))

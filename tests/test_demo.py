@@ -97,6 +97,10 @@ def test_short_demo_runs_end_to_end_and_learns(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary["per_source"]) == {"zh", "en"} and 0 <= summary["exact_match"] <= 1
+    assert summary["clip_steps"] == 20 and 0 <= summary["zero_shot_top1"] <= 1  # stage 0 ran
+    assert (tmp_path / "weights_base" / "clip_loss.png").exists()
+    assert (tmp_path / "weights_base" / "vision" / "open_clip_vision.safetensors").exists()
+    assert all(f"[{k}/7]" in result.stdout for k in range(1, 8))
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < 0.5 * losses[0]

@@ -181,3 +181,30 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path):
             load_image(path)
     with pytest.raises(ImageLoadError, match="missing.jpg"):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_open_clip_resnet_tower_gives_grid_tokens(tmp_path):
+    """CLIP's ModifiedResNet (the demo's stage-0 encoder): a stage's feature map as tokens, row by row."""
+    from open_clip.model import CLIP
+
+    from demo.clip_pretrain import PREPROCESS, TINY_CLIP
+    from visual.open_clip_tower import OpenCLIPVisionTower
+
+    torch.manual_seed(0)
+    clip = CLIP(**TINY_CLIP)
+    folder = tmp_path / "rn"
+    tower = OpenCLIPVisionTower(clip.visual, {**TINY_CLIP, "quick_gelu": False}, PREPROCESS, FeatureSelection())
+    tower.save_pretrained(str(folder))
+    imgs = [Image.new("RGB", (96, 96), c) for c in ("red", "blue")]
+    last = load_vision_tower(str(folder), FeatureSelection(select_layer=-1))
+    before = load_vision_tower(str(folder), FeatureSelection(select_layer=-2))
+    assert (last.num_patches, last.hidden_size) == (4, 512) and (before.num_patches, before.hidden_size) == (16, 256)
+    pixels = last.image_processor(imgs)
+    feature_map = clip.visual.eval().forward_intermediates(pixels, indices=[4], intermediates_only=True)[
+        "image_intermediates"][0]  # (B, 512, 2, 2)
+    tokens = last(pixels)
+    assert tokens.shape == (2, 4, 512)
+    assert torch.allclose(tokens[:, 1], feature_map[:, :, 0, 1], atol=1e-6)  # row 0, column 1
+    assert before(pixels).shape == (2, 16, 256)
+    with pytest.raises(ValueError, match="ResNet tower takes select_layer -1"):
+        load_vision_tower(str(folder), FeatureSelection(select_layer=1))

@@ -21,36 +21,42 @@ def find_state(run_dir: str) -> str:
     return os.path.join(last, STATE)
 
 
-def plot_loss(run_dir: str) -> str:
-    """Writes RUN_DIR/loss.png (training loss per logged step, and learning rate) and returns its path."""
+def plot_curve(steps: list[int], losses: list[float], out: str, title: str,
+               learning_rates: list[float] | None = None) -> str:
+    """Writes a loss curve (log scale; the learning rate on a second axis when given) to `out`, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, losses, color="tab:blue", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if learning_rates:
+        lr = ax.twinx()
+        lr.plot(steps, learning_rates, color="tab:orange", alpha=0.6, label="learning rate")
+        lr.set_ylabel("learning rate")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return out
+
+
+def plot_loss(run_dir: str) -> str:
+    """Writes RUN_DIR/loss.png (training loss per logged step, and learning rate) and returns its path."""
     with open(find_state(run_dir)) as f:
         history = json.load(f)["log_history"]
     logged = [h for h in history if "loss" in h]
     if not logged:
         raise ValueError(f"{run_dir}: the run logged no loss yet")
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([h["step"] for h in logged], [h["loss"] for h in logged], color="tab:blue", label="training loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if all("learning_rate" in h for h in logged):
-        lr = ax.twinx()
-        lr.plot([h["step"] for h in logged], [h["learning_rate"] for h in logged], color="tab:orange",
-                alpha=0.6, label="learning rate")
-        lr.set_ylabel("learning rate")
-    ax.set_title(os.path.basename(os.path.abspath(run_dir)))
-    fig.tight_layout()
-    out = os.path.join(run_dir, "loss.png")
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
-    return out
+    rates = [h["learning_rate"] for h in logged] if all("learning_rate" in h for h in logged) else None
+    return plot_curve([h["step"] for h in logged], [h["loss"] for h in logged], os.path.join(run_dir, "loss.png"),
+                      os.path.basename(os.path.abspath(run_dir)), rates)
 
 
 @exits_on(FileNotFoundError, ValueError)

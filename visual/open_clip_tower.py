@@ -1,7 +1,9 @@
-"""open_clip vision towers: open_clip's own ViTs and timm ViT trunks (SigLIP ones included).
+"""open_clip vision towers: open_clip's own ViTs, timm ViT trunks (SigLIP ones included) and open_clip's
+ResNets (CLIP's ModifiedResNet: RN50, ... or a tiny one like the demo's).
 
-Token features come from `forward_intermediates`, which both expose; ResNet and ConvNeXt towers have no
-token sequence and are refused with a clear error.
+Token features come from `forward_intermediates`, which all expose. A ResNet's tokens are the cells of one
+stage's feature map, row by row: select_layer -1 is its last stage (layer4), -2 the one before, and so on.
+ConvNeXt and other trunks are refused with a clear error.
 """
 
 import json
@@ -10,6 +12,7 @@ import os
 import open_clip
 import torch
 from open_clip.model import _build_vision_tower
+from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file, save_file
 
@@ -41,8 +44,18 @@ class OpenCLIPVisionTower(VisionTower):
                 trunk.embed_dim
             )
             self.num_blocks = len(trunk.blocks)
+        elif isinstance(visual, ModifiedResNet):  # stages: stem (/4, width), layer1..4 (/1, /2, /2, /2; x4 wide)
+            if selection.select_layer >= 0 or selection.select_layer < -4 or selection.post_layernorm:
+                raise ValueError(f"a ResNet tower takes select_layer -1 (last stage) to -4 and no post_layernorm, "
+                                 f"not {selection.select_layer}")
+            stage = 5 + selection.select_layer  # 4: layer4, ..., 1: layer1
+            width = visual.layer1[0].conv1.in_channels
+            side = visual.image_size // (4 * 2 ** (stage - 1))
+            grid, self.prefix_tokens, self.hidden_size = (side, side), 0, width * 4 * 2 ** (stage - 1)
+            self.num_blocks = 4
         else:
-            raise ValueError(f"open_clip tower {type(visual).__name__} has no token sequence; use a ViT model")
+            raise ValueError(f"open_clip tower {type(visual).__name__} has no token sequence; use a ViT or a "
+                             "ResNet model")
         self.visual = visual
         self.model_cfg = model_cfg
         self.preprocess_cfg = preprocess_cfg
@@ -75,6 +88,10 @@ class OpenCLIPVisionTower(VisionTower):
 
     def tokens(self, pixel_values):
         layer = self.selection.select_layer
+        if isinstance(self.visual, ModifiedResNet):
+            out = self.visual.forward_intermediates(pixel_values, indices=[5 + layer], stop_early=True,
+                                                    intermediates_only=True)
+            return out["image_intermediates"][0].flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H * W, C)
         block = layer if layer < 0 else layer - 1  # hidden_states[k] is the output of block k - 1
         out = self.visual.forward_intermediates(
             pixel_values, indices=[block], stop_early=True, intermediates_only=True, output_fmt="NLC",
