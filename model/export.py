@@ -12,14 +12,11 @@ and the chat template takes OpenAI-style list content, so `vllm serve OUTPUT` se
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import replace
 
 import torch
 from peft import PeftModel
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from common import atomic_folder, exits_on
@@ -145,26 +142,12 @@ def to_llava_model(model: VisionLanguageModel):
     return llava, tokenizer
 
 
-def serving_key_layout(folder: str):
-    """Renames the vision tower's weights to the layout that vLLM and SGLang read (`vision_tower.vision_model.*`,
-    as in the original Llava checkpoints); transformers reads it too. Sharded files and their index alike."""
-    def rename(key: str) -> str:
-        return key.replace("vision_tower.", "vision_tower.vision_model.", 1) if key.startswith("vision_tower.") \
-            and not key.startswith("vision_tower.vision_model.") else key
-
-    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
-        path = os.path.join(folder, name)
-        with safe_open(path, "pt") as f:
-            metadata = f.metadata()
-        state = load_file(path)
-        save_file({rename(k): v for k, v in state.items()}, path, metadata=metadata or {"format": "pt"})
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            data = json.load(f)
-        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
-        with open(index, "w") as f:
-            json.dump(data, f, indent=2)
+def serving_state_dict(llava: LlavaForConditionalGeneration) -> dict:
+    """Llava's weights in the key layout that vLLM and SGLang read: the vision tower's as
+    `vision_tower.vision_model.*` (the original Llava checkpoints' layout); transformers reads it too."""
+    tower = "model.vision_tower."
+    return {f"{tower}vision_model.{k[len(tower):]}" if k.startswith(tower) else k: v
+            for k, v in llava.state_dict().items()}
 
 
 def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=None):
@@ -174,9 +157,8 @@ def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=N
         return
     llava, processor = to_llava(model)
     with atomic_folder(output) as tmp:
-        llava.save_pretrained(tmp)
+        llava.save_pretrained(tmp, state_dict=serving_state_dict(llava))  # written once, sharded as usual
         processor.save_pretrained(tmp)
-        serving_key_layout(tmp)
 
 
 @exits_on(FileNotFoundError, ValueError)
