@@ -105,8 +105,7 @@ def write_text(path: str, text: str):
         f.write(text)
 
 
-def evaluate_conversations(args, model) -> dict:
-    items = eval_items(args.image_map, args.captions_file)[: args.limit]
+def evaluate_conversations(args, items: list[dict], model) -> dict:
     predictions = answer_sorted(model, items, args.batch_size, args.max_new_tokens, not args.no_progress)
     results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
     if "bleu4" not in results:
@@ -186,13 +185,12 @@ def main(argv=None) -> int:
             raise ValueError("--benchmark needs --model_weights (to answer) or --predictions (to score)")
     elif not (args.model_weights and args.image_map and args.captions_file):
         raise ValueError("give --model_weights with --image_map and --captions_file, or --benchmark NAME --data PATH")
-    model = None
-    if args.model_weights:
+    if args.benchmark:
+        results = evaluate_benchmark(args, load_for_inference(args) if args.model_weights else None)
+    else:
         pick_device(args.device)  # a missing GPU fails before anything loads
-        if args.benchmark is None:  # data files fail before the model loads
-            eval_items(args.image_map, args.captions_file)
-        model = load_for_inference(args)
-    results = evaluate_benchmark(args, model) if args.benchmark else evaluate_conversations(args, model)
+        items = eval_items(args.image_map, args.captions_file)[: args.limit]  # bad data fails before the model
+        results = evaluate_conversations(args, items, load_for_inference(args))
     print(json.dumps(results, ensure_ascii=False))
     return 0
 

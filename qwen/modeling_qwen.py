@@ -163,6 +163,13 @@ def sdpa_mask(attention_mask, past: int, T: int, device):
     return mask
 
 
+def logn_attention_scale(position_ids: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """LogN scaling of the queries: log(p) / log(seq_length) for 1-based positions p past seq_length, else 1.
+    (B, T) positions -> (B, 1, T, 1)."""
+    p = (position_ids + 1).float()
+    return torch.where(p > seq_length, p.log() / math.log(seq_length), 1.0)[:, None, :, None]
+
+
 def static_sdpa_mask(attention_mask, q_pos):
     """(B, 1, T, max_len) for a preallocated (static) cache: each query sees the filled slots up to its own,
     padding excluded (but itself, so that a padding query stays finite). attention_mask covers every slot."""
@@ -189,11 +196,11 @@ class QWenModel(QWenPreTrainedModel):
     def set_input_embeddings(self, value):
         self.wte = value
 
-    def _ntk_alpha(self, attention_mask, cache, B, T, past, device, decoding=None):
-        """Per-sequence NTK alpha, fixed at prefill and kept on the cache for the decode steps."""
+    def _ntk_alpha(self, attention_mask, cache, B, T, past, device, reuse: bool):
+        """Per-sequence NTK alpha, fixed at prefill and kept on the cache for the decode steps (reuse)."""
         if self.training or not self.config.use_dynamic_ntk:
             return torch.ones(B, device=device)
-        if (past > 0 if decoding is None else decoding) and hasattr(cache, "qwen_ntk_alpha"):
+        if reuse and hasattr(cache, "qwen_ntk_alpha"):
             return cache.qwen_ntk_alpha
         if attention_mask is not None:
             lengths = attention_mask.sum(-1)
@@ -237,12 +244,10 @@ class QWenModel(QWenPreTrainedModel):
             else:
                 position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
 
-        rotary = self.rotary_emb(position_ids, self._ntk_alpha(attention_mask, cache, B, T, past, x.device))
+        rotary = self.rotary_emb(position_ids, self._ntk_alpha(attention_mask, cache, B, T, past, x.device, past > 0))
         logn_scale = None
         if self.config.use_logn_attn and not self.training and past + T > self.config.seq_length:
-            p = (position_ids + 1).float()  # 1-based positions (B, T)
-            seq_len = self.config.seq_length
-            logn_scale = torch.where(p > seq_len, p.log() / math.log(seq_len), 1.0)[:, None, :, None]
+            logn_scale = logn_attention_scale(position_ids, self.config.seq_length)
         attn_mask = sdpa_mask(attention_mask, past, T, x.device)
 
         return self._blocks(x, rotary, logn_scale, attn_mask, cache)
@@ -266,13 +271,11 @@ class QWenModel(QWenPreTrainedModel):
         q_pos = torch.arange(T, device=x.device) + offset  # (T,)
         if position_ids is None:  # left padding: count real tokens only
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, q_pos]  # (B, T)
-        alpha = self._ntk_alpha(attention_mask, cache, B, T, 0, x.device, decoding=T == 1)
+        alpha = self._ntk_alpha(attention_mask, cache, B, T, 0, x.device, reuse=T == 1)
         rotary = self.rotary_emb(position_ids, alpha)
         logn_scale = None
         if self.config.use_logn_attn and not self.training:  # 1 wherever p <= seq_length, as the dynamic path
-            p = (position_ids + 1).float()
-            seq_len = self.config.seq_length
-            logn_scale = torch.where(p > seq_len, p.log() / math.log(seq_len), 1.0)[:, None, :, None]
+            logn_scale = logn_attention_scale(position_ids, self.config.seq_length)
         return self._blocks(x, rotary, logn_scale, static_sdpa_mask(attention_mask, q_pos), cache)
 
 
