@@ -8,8 +8,9 @@ Each sample's last user turn is answered (given the earlier turns) and compared 
 assistant turn: exact match after stripping whitespace, and BLEU-4, CIDEr-D and ROUGE-L (pycocoevalcap,
 Chinese split into characters), overall and per source. Writes eval_results.json and
 eval_predictions.jsonl next to the checkpoint; the last stdout line is the results as one JSON object.
-Benchmarks (evaluation/) are answered in batches of similar prompt length into LLaVA-layout predictions
-(`<name>_predictions.jsonl`, resumed on a rerun) and scored with their official metrics (`<name>_results.json`).
+Benchmarks (evaluation/) are answered in batches of similar prompt length into predictions written as LLaVA's
+scripts write them (`<name>_predictions.jsonl`, resumed on a rerun, so LLaVA's scorers take them as they are)
+and scored with their official rules (`<name>_results.json`, which names the rule); LLaVA's files score here too.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from common import atomic_file, exits_on
 from evaluation import BENCHMARKS, answer_questions, read_predictions
+from evaluation.answers import ANSWER_RULES
 from model.device import add_device_arguments, load_for_inference, pick_device
 from visual import load_image
 
@@ -119,40 +121,35 @@ def evaluate_conversations(args, items: list[dict], model) -> dict:
 
 
 def evaluate_benchmark(args, model) -> dict:
-    """One benchmark (each of POPE's splits on its own): answered into LLaVA-layout predictions, resumed
-    where a predictions file exists, scored; results JSON beside the predictions and one table."""
+    """One benchmark: answered into LLaVA-layout predictions (resumed where a predictions file exists), or a
+    predictions file read as it is; scored; the results JSON beside the predictions and one table."""
     benchmark = BENCHMARKS[args.benchmark]
-    parts = benchmark.parts(args.data, args.split)
-    if args.predictions and len(parts) > 1:
-        raise ValueError(f"--predictions names one file; {args.benchmark} has {len(parts)} parts here: give --split")
-    folder = args.output_dir or args.model_weights
-    results, rows = {}, []
-    for part in parts:
-        name = args.benchmark + (f"_{part}" if part else "")
-        questions = benchmark.load(args.data, part, args.images)[: args.limit]
-        if not questions:
-            raise ValueError(f"{args.data} holds no {args.benchmark} question")
-        path = args.predictions or os.path.join(folder, f"{name}_predictions.jsonl")
-        if model is not None:
-            answers = answer_questions(model, questions, path, args.batch_size, args.max_new_tokens,
-                                       os.path.basename(os.path.normpath(args.model_weights)), not args.no_progress)
-        else:
-            answers = read_predictions(path)
-            if not answers:
-                raise FileNotFoundError(f"predictions file not found or empty: {path}")
-        unanswered = [q.question_id for q in questions if q.question_id not in answers]
-        if unanswered:
-            raise ValueError(f"{path} answers {len(questions) - len(unanswered)} of {len(questions)} questions "
-                             f"(first missing: {unanswered[0]}); run with --model_weights to answer the rest")
-        part_results = benchmark.score(questions, answers)
-        results_name = os.path.basename(os.path.splitext(path)[0]).removesuffix("_predictions") + "_results.json"
-        write_text(os.path.join(args.output_dir or os.path.dirname(os.path.abspath(path)), results_name),
-                   json.dumps(part_results, indent=2, ensure_ascii=False))
-        results[part or args.benchmark] = part_results
-        rows += [(name, metric, value) for metric, value in benchmark.summary(part_results)]
+    name = benchmark.run_name(args.split)
+    questions = benchmark.load(args.data, args.split, args.images, ocr_tokens=args.ocr_tokens)[: args.limit]
+    if not questions:
+        raise ValueError(f"{args.data} holds no {args.benchmark} question")
+    path = args.predictions or os.path.join(args.output_dir or args.model_weights, f"{name}_predictions.jsonl")
+    if model is not None:
+        answers = answer_questions(model, questions, path, args.batch_size, args.max_new_tokens,
+                                   os.path.basename(os.path.normpath(args.model_weights)), not args.no_progress,
+                                   benchmark.row_keys)
+    else:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"predictions file not found: {path}")
+        answers = read_predictions(path, questions, benchmark.row_keys)
+    unanswered = [q.question_id for q in questions if q.key not in answers]
+    if unanswered:
+        raise ValueError(f"{path} answers {len(questions) - len(unanswered)} of {len(questions)} questions "
+                         f"(first missing: {unanswered[0]}); run with --model_weights to answer the rest")
+    results = {**benchmark.score(questions, answers, args.answer_rule), "predictions": os.path.abspath(path)}
+    folder = args.output_dir or os.path.dirname(os.path.abspath(path))  # results and companion files
+    benchmark.write_companions(questions, answers, folder, args.split, args.data)
+    results_name = os.path.basename(os.path.splitext(path)[0]).removesuffix("_predictions") + "_results.json"
+    write_text(os.path.join(folder, results_name), json.dumps(results, indent=2, ensure_ascii=False))
     print("| benchmark | metric | value |\n| --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    for metric, value in benchmark.summary(results):
+        print(f"| {name} | {metric} | {value} |")
+    print(f"answers read by: {results['rule']}", file=sys.stderr)
     return results
 
 
@@ -162,14 +159,20 @@ def main(argv=None) -> int:
     p.add_argument("--model_weights", help="checkpoint folder (without it, --benchmark only scores --predictions)")
     p.add_argument("--image_map", help="our conversation files: image_map.json ...")
     p.add_argument("--captions_file", help="... and captions.json")
-    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a public benchmark instead (see README)")
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS),
+                   help="a public benchmark instead (see docs/evaluation.md)")
     p.add_argument("--data", help="--benchmark: its file or folder, as published")
-    p.add_argument("--split", help="--benchmark: POPE's random|popular|adversarial, MMBench's circular|single, "
-                                   "an MME category, ScienceQA's test|val|...")
-    p.add_argument("--images", help="--benchmark: the image folder (default: where the README says)")
+    p.add_argument("--split", help="--benchmark: POPE's all (default, one pass)|random|popular|adversarial, MMBench's "
+                                   "circular|single, an MME category, ScienceQA's test|val|...")
+    p.add_argument("--images", help="--benchmark: the image folder (default: where docs/evaluation.md says)")
     p.add_argument("--predictions", help="--benchmark: predictions JSONL to answer into / resume / score")
     p.add_argument("--output_dir", help="--benchmark: where predictions and results go (default: the checkpoint; "
                                         "results of --predictions: beside that file)")
+    p.add_argument("--answer_rule", choices=ANSWER_RULES, default="official",
+                   help="--benchmark scienceqa|mmbench: how a letter is read from an answer: the benchmark's official "
+                        "rule (default), or lenient (free-form answers too)")
+    p.add_argument("--ocr_tokens", help="--benchmark textvqa: the Rosetta OCR JSON (TextVQA_Rosetta_OCR_v0.2_val.json) "
+                                        "for LLaVA-1.5's 'Reference OCR token' line")
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--limit", type=int, help="score only the first N samples")

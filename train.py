@@ -1,7 +1,7 @@
 """Train a VLM: python train.py --base_language_model LLM --base_vision_model VISION --output_dir DIR [...]
 
 Puts the pieces together (arguments, model, data, trainer) and calls trainer.train(). See train.sh for
-the recipes and README.md for every flag.
+the recipes and docs/training.md for every flag.
 """
 
 import importlib.util

@@ -3,7 +3,7 @@ open_clip's own model and ClipLoss, then saved as a vision-tower folder that `--
 (and frozen there), as real VLMs freeze an encoder that was pretrained.
 
 The image tower is open_clip's ModifiedResNet (CLIP's ResNet) at a small width: convolutions read shape and
-colour from 64 px images within a minute, which a random or briefly trained tiny ViT does not (README).
+colour from 64 px images within a minute, which a random or briefly trained tiny ViT does not (docs/demo.md).
 """
 
 import json

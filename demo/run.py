@@ -6,7 +6,7 @@
   4. stage 0: a tiny CLIP (open_clip's ResNet + a text transformer) pretrained with open_clip's ClipLoss on
      the training images and their captions, its image tower saved as a folder --base_vision_model loads
   5. train.py: that tower frozen, the whole tiny LLM and the projector trained (stage 2; stage 1 is
-     skipped: it aligns a projector to a pretrained LLM, and this one starts random, see README)
+     skipped: it aligns a projector to a pretrained LLM, and this one starts random, see docs/demo.md)
   6. eval.py on the held-out images
   7. a few Q&A examples, the accuracy, loss curves of stages 0 and 2, a PNG grid of held-out answers
 
@@ -29,7 +29,7 @@ from .clip_pretrain import captioned_images, pretrain
 from .grid import draw_grid
 from .synthetic import write_split
 
-# Tuned on the 2-core CPU machine this project is developed on; see README "The CPU demo".
+# Tuned on the 2-core CPU machine this project is developed on; see docs/demo.md.
 DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1000, batch_size=32, learning_rate=1e-3,
                 clip_steps=400, clip_learning_rate=3e-3, init_range=0.08)
 STEPS = 7

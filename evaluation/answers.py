@@ -23,8 +23,49 @@ def mme_yes_no(text: str) -> str:
     return "yes" if "yes" in prefix else "no" if "no" in prefix else "other"
 
 
+REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+            "I'm sorry, but without the image provided", "Cannot determine the answer")
+
+
+def scienceqa_letter(text: str, options: list[str]) -> str | None:
+    """LLaVA's eval_science_qa.py (the rule its published ScienceQA numbers use): a bare letter, a letter then
+    ". ", or exactly one "The answer is X." in the text; any other answer, or a letter past the options, is
+    wrong (None)."""
+    letters = "ABCDE"  # the script's fixed option list
+    if text in letters:
+        answer = text
+    elif len(text) >= 3 and text[0] in letters and text[1:3] == ". ":
+        answer = text[0]
+    else:
+        found = re.findall(r"The answer is ([A-Z]).", text)
+        answer = found[0] if len(found) == 1 else None
+    return answer if answer is not None and answer in letters[: len(options)] else None
+
+
+def mmbench_letter(text: str, options: list[str]) -> str | None:
+    """VLMEvalKit's rule-based matching (`can_infer`: can_infer_option, then can_infer_text), MMBench's own
+    reading of an answer before its optional GPT step: exactly one option letter among the answer's words
+    (punctuation split off; an "A" in an answer of more than three words may be the article, so not by letter),
+    else the one option whose text the answer contains. A refusal, or a lone "Z", is no option (None)."""
+    if any(refusal in text for refusal in REFUSALS):
+        return None
+    letters = OPTION_LETTERS[: len(options)]
+    words = text
+    for c in ".()[],:;!*#{}":
+        words = words.replace(c, " ")
+    words = words.split()
+    named = [letter for letter in letters if letter in words]
+    if len(named) == 1 and not ("A" in words and len(words) > 3):
+        return named[0]
+    if not named and "Z" in words:
+        return None
+    lowered = text.lower()
+    by_text = [letter for letter, option in zip(letters, options, strict=True) if str(option).lower() in lowered]
+    return by_text[0] if len(by_text) == 1 else None
+
+
 def option_letter(text: str, options: list[str]) -> str | None:
-    """The option a free-form answer picks: a leading letter ("B", "B.", "(B) ...", "B: ..."), else the
+    """The lenient reading (`--answer_rule lenient`): a leading letter ("B", "B.", "(B) ...", "B: ..."), else the
     one valid letter standing alone in it, else the one option whose text it contains; None if unsure."""
     letters = OPTION_LETTERS[: len(options)]
     text = text.strip()
@@ -37,6 +78,16 @@ def option_letter(text: str, options: list[str]) -> str | None:
     lowered = text.lower()
     named = [letter for letter, option in zip(letters, options, strict=True) if option.lower() in lowered]
     return named[0] if len(named) == 1 else None
+
+
+ANSWER_RULES = ("official", "lenient")
+
+
+def letter_reader(official, rule: str):
+    """The benchmark's official reader, or the lenient one."""
+    if rule not in ANSWER_RULES:
+        raise ValueError(f"--answer_rule is one of {', '.join(ANSWER_RULES)}, not {rule!r}")
+    return official if rule == "official" else option_letter
 
 
 # ---- the VQA answer normalisation (EvalAIAnswerProcessor) ----

@@ -17,10 +17,27 @@ class BenchmarkDataError(ValueError):
 
 @dataclass
 class Question:
-    question_id: str  # unique within the run; the key of the predictions file
+    """One question as asked, and how its line in a predictions file is written and found again.
+
+    The line is written as LLaVA's model_vqa*.py scripts write it: `question_id` and `prompt` hold LLaVA's
+    values (its scorers key some benchmarks by them: TextVQA by image id + question text, MME by image path +
+    question), `extra` any further fields LLaVA writes (MMBench's round_id and options). `key` finds the line
+    again; `alias` is the key of this project's earlier layout, still read."""
+
+    question_id: str | int  # the predictions file's question_id (LLaVA's value; not always unique)
     prompt: str  # the text after the image, as the model is asked
     image: str | bytes  # a file path, or the image's encoded bytes (MMBench ships base64 in its TSV)
     truth: dict = field(default_factory=dict)  # what the scorer needs: the answer(s), category, ...
+    key: tuple | str | None = None  # unique within the run; default: str(question_id)
+    alias: tuple | str | None = None
+    recorded_prompt: str | None = None  # the file's "prompt" where LLaVA writes other than `prompt`
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.key is None:
+            self.key = str(self.question_id)
+        if self.recorded_prompt is None:
+            self.recorded_prompt = self.prompt
 
     def load_image(self) -> Image.Image:
         if isinstance(self.image, bytes):

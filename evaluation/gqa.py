@@ -5,7 +5,8 @@
     IMAGES (default: images/ beside DATA)/<imageId>.jpg
 
 Scored as LLaVA-1.5 prepares it for GQA's eval script: exact match after a trailing period is dropped
-and both sides are lower-cased.
+and both sides are lower-cased. The predictions file is LLaVA's layout, which its convert_gqa_for_eval.py
+turns into GQA's testdev_balanced_predictions.json as it is.
 """
 
 import os
@@ -13,12 +14,14 @@ import os
 from .data import BenchmarkDataError, Question, read_json
 from .prompts import short_answer
 
+RULE = "LLaVA's convert_gqa_for_eval.py (trailing period dropped, lower-cased), then GQA's exact match"
+
 
 def normalize(text: str) -> str:
     return text.strip().rstrip(".").lower()
 
 
-def load(data: str, split: str | None = None, images: str | None = None) -> list[Question]:
+def load(data: str, split: str | None = None, images: str | None = None, **_) -> list[Question]:
     images = images or os.path.join(os.path.dirname(os.path.abspath(data)), "images")
     raw = read_json(data)
     if not isinstance(raw, dict):
@@ -33,9 +36,9 @@ def load(data: str, split: str | None = None, images: str | None = None) -> list
     return questions
 
 
-def score(questions: list[Question], answers: dict[str, str]) -> dict:
-    right = [normalize(answers[q.question_id]) == normalize(q.truth["answer"]) for q in questions]
-    return {"questions": len(right), "accuracy": sum(right) / len(right)}
+def score(questions: list[Question], answers: dict, **_) -> dict:
+    right = [normalize(answers[q.key]) == normalize(q.truth["answer"]) for q in questions]
+    return {"rule": RULE, "questions": len(right), "accuracy": sum(right) / len(right)}
 
 
 def summary(results: dict) -> list[tuple[str, str]]:

@@ -4,19 +4,41 @@ The release's layout, per category folder under DATA:
     DATA/<category>/images/<name>.jpg + DATA/<category>/questions_answers_YN/<name>.txt   (artwork, celebrity,
                                                                                       landmark, posters, scene)
     DATA/<category>/<name>.png + DATA/<category>/<name>.txt                             (the others)
-each .txt holding one `question<TAB>Yes|No` line per question. Scores as MME's eval_tool: per category,
-acc (questions right) + acc+ (images with both questions right), x 100; perception and cognition totals.
+each .txt holding one `question<TAB>Yes|No` line per question. Asked as LLaVA-1.5 asks (llava_mme.jsonl):
+the question without its " Please answer yes or no.", then the short-answer instruction. Predictions are
+written as LLaVA writes them, question_id = the image's path in DATA (both questions of an image share it),
+and found again by (category, image, question), as LLaVA's convert_answer_to_mme.py finds them. Scores as
+MME's eval_tool: per category, acc (questions right) + acc+ (images with both questions right), x 100;
+perception and cognition totals.
 """
 
 import os
 
 from .answers import mme_yes_no
 from .data import BenchmarkDataError, Question
-from .prompts import short_answer
+from .prompts import SHORT_ANSWER, short_answer
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+YES_OR_NO = "Please answer yes or no."
+RULE = ("MME's eval_tool (calculation.py): yes/no by the whole answer or its first four characters; "
+        "score = (acc + acc+) x 100")
+
+
+def bare_question(text: str) -> str:
+    """The question without the instruction LLaVA adds or the one MME's files end with."""
+    return text.replace(SHORT_ANSWER, "").replace(YES_OR_NO, "").strip()
+
+
+def row_keys(row: dict) -> list:
+    """LLaVA's layout: (category, image stem, question); this project's earlier one: "category/image/k"."""
+    qid = str(row["question_id"])
+    parts = qid.split("/")
+    keys = [qid]
+    if len(parts) >= 2 and row.get("prompt"):
+        keys.append((parts[0], os.path.splitext(parts[-1])[0], bare_question(row["prompt"])))
+    return keys
 
 
 def category_files(folder: str) -> list[tuple[str, str]]:
@@ -35,7 +57,7 @@ def category_files(folder: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def load(data: str, split: str | None = None, images: str | None = None) -> list[Question]:
+def load(data: str, split: str | None = None, images: str | None = None, **_) -> list[Question]:
     if not os.path.isdir(data):
         raise BenchmarkDataError(f"MME folder not found: {data}")
     categories = [split] if split else sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
@@ -49,21 +71,23 @@ def load(data: str, split: str | None = None, images: str | None = None) -> list
                 if len(fields) != 2 or fields[1].strip().lower() not in ("yes", "no"):
                     raise BenchmarkDataError(f"{qa_path} line {n}: not `question<TAB>Yes|No`")
                 key = f"{category}/{os.path.basename(image)}"
-                questions.append(Question(f"{key}/{k}", short_answer(fields[0].strip()), image,
-                                          {"category": category, "image_key": key,
-                                           "answer": fields[1].strip().lower()}))
+                question = bare_question(fields[0])
+                questions.append(Question(
+                    os.path.relpath(image, data).replace(os.sep, "/"), short_answer(question), image,
+                    {"category": category, "image_key": key, "answer": fields[1].strip().lower()},
+                    key=(category, os.path.splitext(os.path.basename(image))[0], question), alias=f"{key}/{k}"))
     if not questions:
         raise BenchmarkDataError(f"no MME category folders with questions in {data}")
     return questions
 
 
-def score(questions: list[Question], answers: dict[str, str]) -> dict:
+def score(questions: list[Question], answers: dict, **_) -> dict:
     per_category = {}
     for q in questions:
-        right = mme_yes_no(answers[q.question_id]) == q.truth["answer"]
+        right = mme_yes_no(answers[q.key]) == q.truth["answer"]
         images = per_category.setdefault(q.truth["category"], {})
         images.setdefault(q.truth["image_key"], []).append(right)
-    results = {"categories": {}}
+    results = {"rule": RULE, "categories": {}}
     for category, images in sorted(per_category.items()):
         flat = [r for rights in images.values() for r in rights]
         acc, acc_plus = sum(flat) / len(flat), sum(all(r) for r in images.values()) / len(images)

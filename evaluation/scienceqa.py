@@ -3,19 +3,29 @@
     DATA/problems.json: {"<pid>": {"question", "choices": [...], "answer": <index>, "hint", "image":
                           "image.png" or null, "subject", "split", ...}}
     DATA/pid_splits.json: {"test": ["<pid>", ...], ...}
-    IMAGES (default DATA/<split>)/<pid>/image.png
+    IMAGES (default DATA/images/<split>, the published and LLaVA's layout)/<pid>/image.png
+
+Answers are read by LLaVA's eval_science_qa.py rule (`answers.scienceqa_letter`: a bare letter, "B. ...", or
+exactly one "The answer is X."), the rule of the published ScienceQA-IMG numbers; `--answer_rule lenient`
+reads free-form answers too (`answers.option_letter`). Predictions are written as LLaVA's
+model_vqa_science.py writes them: question_id = the problem id, prompt = "<image>\\n" + the question as asked
+(its scorer picks the image subset by that `<image>`).
 """
 
 import os
 
-from .answers import option_letter
+from .answers import letter_reader, scienceqa_letter
 from .data import BenchmarkDataError, Question, read_json
 from .prompts import OPTION_LETTERS, multiple_choice
 
+DEFAULT_SPLIT = "test"
+RULES = {"official": "LLaVA's eval_science_qa.py: a bare letter, 'X. ...', or one 'The answer is X.'",
+         "lenient": "lenient: a leading letter, else one lone letter, else one option's text"}
 
-def load(data: str, split: str | None = None, images: str | None = None) -> list[Question]:
-    split = split or "test"
-    images = images or os.path.join(data, split)
+
+def load(data: str, split: str | None = None, images: str | None = None, **_) -> list[Question]:
+    split = split or DEFAULT_SPLIT
+    images = images or os.path.join(data, "images", split)
     problems = read_json(os.path.join(data, "problems.json"))
     splits = read_json(os.path.join(data, "pid_splits.json"))
     if split not in splits:
@@ -33,20 +43,20 @@ def load(data: str, split: str | None = None, images: str | None = None) -> list
             raise BenchmarkDataError(f"{os.path.join(data, 'problems.json')}: problem {pid} has no valid "
                                      "choices and answer index")
         hint = f"Context: {p['hint']}" if p.get("hint") else None
-        questions.append(Question(pid, multiple_choice(p["question"], p["choices"], hint),
-                                  os.path.join(images, pid, p["image"]),
+        prompt = multiple_choice(p["question"], p["choices"], hint)
+        questions.append(Question(pid, prompt, os.path.join(images, pid, p["image"]),
                                   {"answer": OPTION_LETTERS[p["answer"]], "options": p["choices"],
-                                   "subject": p.get("subject", "all")}))
+                                   "subject": p.get("subject", "all")}, recorded_prompt=f"<image>\n{prompt}"))
     return questions
 
 
-def score(questions: list[Question], answers: dict[str, str]) -> dict:
-    right = {q.question_id: option_letter(answers[q.question_id], q.truth["options"]) == q.truth["answer"]
-             for q in questions}
+def score(questions: list[Question], answers: dict, rule: str = "official", **_) -> dict:
+    read = letter_reader(scienceqa_letter, rule)
+    right = {q.key: read(answers[q.key], q.truth["options"]) == q.truth["answer"] for q in questions}
     subjects = {}
     for q in questions:
-        subjects.setdefault(q.truth["subject"], []).append(right[q.question_id])
-    return {"questions": len(right), "accuracy": sum(right.values()) / len(right),
+        subjects.setdefault(q.truth["subject"], []).append(right[q.key])
+    return {"rule": RULES[rule], "questions": len(right), "accuracy": sum(right.values()) / len(right),
             "per_subject": {s: sum(v) / len(v) for s, v in sorted(subjects.items())}}
 
 

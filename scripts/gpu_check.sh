@@ -8,7 +8,7 @@
 #   sh scripts/gpu_check.sh --dry-run    # the same steps on the CPU, shortest runs (what CI runs)
 #
 # Needs torch, transformers, peft, accelerate, deepspeed, open_clip_torch, tiktoken and the rest of
-# requirements.txt (README "GPU smoke check" lists the wheels to bring to a machine without them).
+# requirements.txt (docs/training.md "GPU smoke check" lists the wheels to bring to a machine without them).
 # PYTHON picks the interpreter (default: .venv/bin/python when there is one, else python3); WORK the folder.
 set -u
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ DRY_RUN=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
+        -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "error: unknown argument $arg (usage: sh scripts/gpu_check.sh [--dry-run])" >&2; exit 2 ;;
     esac
 done

@@ -12,7 +12,15 @@ from tiny import save_tiny_clip, save_tiny_qwen
 
 import eval as eval_cli
 from evaluation import BENCHMARKS, BenchmarkDataError
-from evaluation.answers import mme_yes_no, normalize_vqa_answer, option_letter, pope_yes_no, vqa_accuracy
+from evaluation.answers import (
+    mmbench_letter,
+    mme_yes_no,
+    normalize_vqa_answer,
+    option_letter,
+    pope_yes_no,
+    scienceqa_letter,
+    vqa_accuracy,
+)
 from evaluation.prompts import MULTIPLE_CHOICE, SHORT_ANSWER
 from model import VisionLanguageModel, VLMConfig, save_checkpoint
 
@@ -22,16 +30,17 @@ DATA = {"pope": FIXTURES / "pope", "mme": FIXTURES / "mme", "mmbench": FIXTURES 
         "gqa": FIXTURES / "gqa" / "testdev_balanced_questions.json"}
 
 
-def score_file(capsys, name, predictions, tmp_path, split=None) -> dict:
-    """eval.py's score-only path: no model, a fixed predictions file."""
+def score_file(capsys, name, predictions, tmp_path, split=None, rule=None) -> dict:
+    """eval.py's score-only path: no model, a fixed predictions file (this project's earlier layout)."""
     copy = tmp_path / f"{name}_{split or 'all'}_predictions.jsonl"
     shutil.copy(predictions, copy)
     argv = ["--benchmark", name, "--data", str(DATA[name]), "--predictions", str(copy), "--no_progress"]
-    assert eval_cli.main(argv + (["--split", split] if split else [])) == 0
+    assert eval_cli.main(argv + (["--split", split] if split else []) + (["--answer_rule", rule] if rule else [])) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "| benchmark | metric | value |"
     saved = json.loads((tmp_path / f"{name}_{split or 'all'}_results.json").read_text())
-    assert json.loads(out.strip().splitlines()[-1]) == {split or name: saved}
+    assert json.loads(out.strip().splitlines()[-1]) == saved and saved["predictions"] == str(copy)
+    assert saved["rule"]  # every results file names the rule its answers were read by
     return saved
 
 
@@ -46,6 +55,13 @@ def test_answer_normalisation_matches_the_official_rules():
     assert [option_letter(t, options) for t in ("A", "B.", "(C) blue", "D: yellow", "The answer is C.", "green",
                                                 "red or green", "E", "")] == ["A", "B", "C", "D", "C", "B", None,
                                                                               None, None]
+    # the official readers: LLaVA's ScienceQA rule and MMBench's (VLMEvalKit's rule-based matching)
+    assert [scienceqa_letter(t, options) for t in ("A", "B. green", "The answer is C.", "The answer is (B).",
+                                                   "Answer: C", "green", "E", "B.green")] == [
+        "A", "B", "C", None, None, None, None, None]
+    assert [mmbench_letter(t, options) for t in ("A", "(C) blue", "It is B.", "A cat and a dog: A", "green",
+                                                 "red or green", "Z", "Cannot determine the answer, B")] == [
+        "A", "C", "B", None, "B", None, None, None]
     assert normalize_vqa_answer("Two.") == "2" and normalize_vqa_answer("the Coca-Cola") == "coca cola"
     assert normalize_vqa_answer("isnt it?") == "isn't it" and normalize_vqa_answer("1,000 dogs") == "1000 dogs"
     assert normalize_vqa_answer("a man's hat") == "man 's hat"
@@ -59,15 +75,19 @@ def test_answer_normalisation_matches_the_official_rules():
 
 def test_readers_and_prompts_follow_the_published_formats():
     pope = BENCHMARKS["pope"]
-    assert pope.parts(str(DATA["pope"])) == ["random", "adversarial"]
+    assert [x.question_id for x in pope.load(str(DATA["pope"]))] == [  # all splits in one pass
+        "random_1", "random_2", "random_3", "random_4", "adversarial_1", "adversarial_2", "adversarial_3"]
     q = pope.load(str(DATA["pope"]), "random")
     assert [x.question_id for x in q] == ["1", "2", "3", "4"]
     assert q[0].prompt == f"Is there a dog in the image?\n{SHORT_ANSWER}" and q[0].image.endswith("000000000042.jpg")
     mme = BENCHMARKS["mme"].load(str(DATA["mme"]))
     assert len(mme) == 8 and {x.truth["category"] for x in mme} == {"existence", "artwork", "code_reasoning"}
-    assert sum(x.truth["image_key"] == "artwork/10002.jpg" for x in mme) == 2  # two questions, one image
+    assert [x.question_id for x in mme if x.truth["category"] == "artwork"] == ["artwork/images/10002.jpg"] * 2
+    # LLaVA-1.5's MME prompt: MME's own "Please answer yes or no." gives way to the short-answer instruction
+    assert mme[0].prompt == f"Is this artwork created by donatello?\n{SHORT_ANSWER}"
     mmb = BENCHMARKS["mmbench"].load(str(DATA["mmbench"]))
-    assert [x.question_id for x in mmb] == ["0:0", "0:1", "0:2", "0:3", "1:0", "1:1", "1:2", "2:0", "2:1"]
+    assert [x.key for x in mmb] == [("0", 0), ("0", 1), ("0", 2), ("0", 3), ("1", 0), ("1", 1), ("1", 2), ("2", 0),
+                                    ("2", 1)]
     assert mmb[4].prompt == ("The picture was taken outdoors.\nWhich season is shown?\nA. winter\nB. summer\n"
                              f"C. autumn\n{MULTIPLE_CHOICE}")
     assert mmb[5].truth == {"index": "1", "round": 1, "answer": "A", "options": ["summer", "autumn", "winter"],
@@ -77,6 +97,7 @@ def test_readers_and_prompts_follow_the_published_formats():
     sqa = BENCHMARKS["scienceqa"].load(str(DATA["scienceqa"]))
     assert [x.question_id for x in sqa] == ["5", "11", "20"]  # problem 12 has no image
     assert sqa[1].prompt.startswith("Context: Tree frogs live in rain forests.\nWhich animal's")
+    assert sqa[1].image.endswith("scienceqa/images/test/11/image.png")  # the published layout
     assert len(BENCHMARKS["textvqa"].load(str(DATA["textvqa"]))) == 3
     assert BENCHMARKS["gqa"].load(str(DATA["gqa"]))[0].image.endswith("images/n161313.jpg")
 
@@ -114,9 +135,10 @@ def test_malformed_input_gets_one_sentence_naming_file_and_line(tmp_path, capsys
 
 def test_pope_scores(capsys, tmp_path):
     random = score_file(capsys, "pope", DATA["pope"] / "predictions_random.jsonl", tmp_path, "random")
-    assert random == {"n": 4, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "yes_ratio": 0.5,
-                      "tp": 1, "fp": 1, "tn": 1, "fn": 1}
-    adversarial = score_file(capsys, "pope", DATA["pope"] / "predictions_adversarial.jsonl", tmp_path, "adversarial")
+    assert random["splits"] == {"random": {"n": 4, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                           "yes_ratio": 0.5, "tp": 1, "fp": 1, "tn": 1, "fn": 1}}
+    adversarial = score_file(capsys, "pope", DATA["pope"] / "predictions_adversarial.jsonl", tmp_path,
+                             "adversarial")["splits"]["adversarial"]
     assert adversarial["accuracy"] == adversarial["f1"] == 1.0 and adversarial["yes_ratio"] == pytest.approx(1 / 3)
 
 
@@ -139,9 +161,13 @@ def test_mmbench_circular_scores(capsys, tmp_path):
 def test_textvqa_scienceqa_gqa_scores(capsys, tmp_path):
     textvqa = score_file(capsys, "textvqa", DATA["textvqa"].parent / "predictions.jsonl", tmp_path)
     assert textvqa["accuracy"] == pytest.approx((1 + 0.3 + 1) / 3)
+    # LLaVA's rule by default: "Salt Lake City" (an option's text, not its letter) is wrong, as in LLaVA's scorer
     sqa = score_file(capsys, "scienceqa", DATA["scienceqa"] / "predictions.jsonl", tmp_path)
-    assert sqa["accuracy"] == pytest.approx(2 / 3)
-    assert sqa["per_subject"] == {"natural science": 0.0, "social science": 1.0}
+    assert sqa["accuracy"] == pytest.approx(1 / 3) and sqa["rule"].startswith("LLaVA's eval_science_qa.py")
+    assert sqa["per_subject"] == {"natural science": 0.0, "social science": 0.5}
+    lenient = score_file(capsys, "scienceqa", DATA["scienceqa"] / "predictions.jsonl", tmp_path, rule="lenient")
+    assert lenient["accuracy"] == pytest.approx(2 / 3) and lenient["rule"].startswith("lenient")
+    assert lenient["per_subject"] == {"natural science": 0.0, "social science": 1.0}
     gqa = score_file(capsys, "gqa", DATA["gqa"].parent / "predictions.jsonl", tmp_path)
     assert gqa["accuracy"] == pytest.approx(2 / 3)
 
@@ -172,17 +198,21 @@ def test_each_benchmark_runs_end_to_end_and_resumes(checkpoint, name, tmp_path, 
     assert eval_cli.main(argv) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     files = sorted(p.name for p in tmp_path.iterdir())
-    parts = ["pope_adversarial", "pope_random"] if name == "pope" else [name]
-    assert files == sorted([f"{p}_predictions.jsonl" for p in parts] + [f"{p}_results.json" for p in parts])
-    predictions = tmp_path / f"{parts[0]}_predictions.jsonl"
+    companions = {"pope": ["pope_questions.jsonl"], "mmbench": ["mmbench_submission.xlsx"]}.get(name, [])
+    assert files == sorted([f"{name}_predictions.jsonl", f"{name}_results.json", *companions])
+    predictions = tmp_path / f"{name}_predictions.jsonl"
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    assert set(rows[0]) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
-    questions = BENCHMARKS[name].load(str(DATA[name]), parts[0].removeprefix("pope_") if name == "pope" else None)
-    assert sorted(r["question_id"] for r in rows) == sorted(q.question_id for q in questions)
+    fields = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+    assert set(rows[0]) == fields | ({"round_id", "options", "option_char"} if name == "mmbench" else set())
+    questions = BENCHMARKS[name].load(str(DATA[name]))
+    # one line per question, in question order (LLaVA's POPE and MME scorers go by position)
+    assert [r["question_id"] for r in rows] == [q.question_id for q in questions]
+    assert [r["prompt"] for r in rows] == [q.recorded_prompt for q in questions]
     # a crash mid-run: two answers kept, the third cut mid-line; the rerun answers the rest, once each
     lines = predictions.read_text().splitlines(keepends=True)
     predictions.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
     assert eval_cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == first
-    again = [json.loads(line)["question_id"] for line in predictions.read_text().splitlines()]
-    assert sorted(again) == sorted(q.question_id for q in questions)
+    again = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [r["question_id"] for r in again] == [q.question_id for q in questions]
+    assert [r["text"] for r in again[:2]] == [r["text"] for r in rows[:2]]

@@ -27,7 +27,8 @@ class ModelArguments:
     target_modules: str = field(default="c_attn|w1|w2", metadata={"help": "'|'-separated names, or all-linear"})
     loss_impl: str = field(
         default="auto", metadata={"help": "auto (chunked; labelled under ZeRO-3) | chunked | labelled | liger (CUDA, "
-                                          "pip install liger-kernel) | plain: where the LM loss is computed (README)"}
+                                          "pip install liger-kernel) | plain: where the LM loss is computed "
+                                          "(docs/training.md)"}
     )
     checkpoint_every: int = field(
         default=1, metadata={"help": "with activation checkpointing, recompute every k-th LLM block only (1: all)"}
@@ -60,7 +61,7 @@ class VLMTrainingArguments(TrainingArguments):
     max_bad_samples: float = field(
         default=0.001,
         metadata={"help": "unusable samples (missing/corrupt image, too long) skipped before the run stops: "
-                          "a count (>= 1) or a fraction of the training set (< 1); default 0.001 = 0.1%"},
+                          "a count (>= 1) or a fraction of the training set (< 1); default 0.001 = 0.1%%"},
     )
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "steps in a row with a NaN/inf loss (each skipped) before the run stops"}

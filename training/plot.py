@@ -1,5 +1,6 @@
 """Loss-curve PNG from a run's trainer_state.json:  python -m training.plot RUN_DIR"""
 
+import argparse
 import json
 import os
 import sys
@@ -61,10 +62,9 @@ def plot_loss(run_dir: str) -> str:
 
 @exits_on(FileNotFoundError, ValueError)
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise ValueError("usage: python -m training.plot RUN_DIR")
-    print(plot_loss(argv[0]))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", help="a train.py output folder (or one of its checkpoint-N/)")
+    print(plot_loss(parser.parse_args(argv).run_dir))
 
 
 if __name__ == "__main__":

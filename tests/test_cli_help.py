@@ -1,0 +1,112 @@
+"""`--help` is the first thing a user types: every entry point answers it with exit code 0 and a usage line,
+and every flag the documentation shows with a command (in the code blocks of README.md, README_zh.md and
+docs/) is in that command's help."""
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# how the docs spell a command -> the entry point that answers it (train.sh and test.sh pass flags through)
+ENTRY_POINTS = {
+    "train.py": ["train.py"], "sh train.sh": ["train.py"],
+    "test.py": ["test.py"], "sh test.sh": ["test.py"],
+    "eval.py": ["eval.py"], "webui.py": ["webui.py"], "process_image.py": ["process_image.py"],
+    "-m model.export": ["-m", "model.export"], "-m demo.run": ["-m", "demo.run"], "sh demo.sh": ["-m", "demo.run"],
+    "-m demo.synthetic": ["-m", "demo.synthetic"], "-m training.plot": ["-m", "training.plot"],
+    "bench/cpu_train.py": ["bench/cpu_train.py"], "bench/cpu_generate.py": ["bench/cpu_generate.py"],
+    "bench/data_pipeline.py": ["bench/data_pipeline.py"], "bench/gpu_train.py": ["bench/gpu_train.py"],
+    "bench/gpu_generate.py": ["bench/gpu_generate.py"], "scripts/check_vllm.py": ["scripts/check_vllm.py"],
+    "sh scripts/gpu_check.sh": ["sh", "scripts/gpu_check.sh"],
+    "sh scripts/check_vllm.sh": ["sh", "scripts/check_vllm.sh"],
+}
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+PYTHON = r"(?:python3?|\.venv/bin/python|\$PYTHON)"
+INVOCATION = re.compile(rf"(?:{PYTHON} (-m [\w.]+|[\w/]+\.py)|(sh (?:scripts/)?[\w]+\.sh))")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+# flags the docs show for other programs: pip, vLLM, Slurm, LLaVA's eval_pope.py; and the word "--flags"
+OTHER_TOOLS = {"--no-deps", "--no-index", "--find-links", "--no-build-isolation", "--served-model-name",
+               "--enforce-eager", "--model", "--signal", "--requeue", "--question-file", "--flags"}
+
+
+def command_line(entry: list[str]) -> list[str]:
+    return entry if entry[0] == "sh" else [sys.executable, *entry]
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess]:
+    """`--help` of every entry point, two at a time (each imports torch and transformers)."""
+    entries = {tuple(e) for e in ENTRY_POINTS.values()}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+
+    def run(entry):
+        return entry, subprocess.run([*command_line(list(entry)), "--help"], cwd=ROOT, env=env, capture_output=True,
+                                     text=True, timeout=180)
+
+    with ThreadPoolExecutor(2) as pool:
+        return {" ".join(entry): result for entry, result in pool.map(run, sorted(entries))}
+
+
+def flags_in(text: str, found: dict[str, set[str]]) -> dict[str, set[str]]:
+    """entry point -> the flags the code blocks of `text` give it (a line's flags up to its next command or `|`)."""
+    for block in FENCE.findall(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" # ")[0]
+            matches = list(INVOCATION.finditer(line))
+            for k, m in enumerate(matches):
+                name = (m.group(1) or m.group(2)).strip()
+                if name not in ENTRY_POINTS:
+                    continue
+                end = matches[k + 1].start() if k + 1 < len(matches) else len(line)
+                segment = re.split(r"\||&&|;", line[m.end():end])[0]
+                found.setdefault(" ".join(ENTRY_POINTS[name]), set()).update(FLAG.findall(segment))
+    return found
+
+
+def documented_flags() -> dict[str, set[str]]:
+    found = {}
+    for page in [ROOT / "README.md", ROOT / "README_zh.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        flags_in(page.read_text(encoding="utf-8"), found)
+    return found
+
+
+def test_every_entry_point_answers_help(helps):
+    for name, result in helps.items():
+        assert result.returncode == 0, f"{name} --help exited {result.returncode}:\n{result.stderr[-2000:]}"
+        assert "usage" in result.stdout.lower() or "sh scripts/" in result.stdout, f"{name} --help printed no usage"
+
+
+def test_every_documented_flag_is_in_its_help(helps):
+    flags = documented_flags()
+    assert {"train.py", "test.py", "eval.py", "-m model.export", "-m demo.run"} <= set(flags)
+    missing = [f"{flag} ({name})" for name, wanted in sorted(flags.items()) for flag in sorted(wanted)
+               if flag not in set(FLAG.findall(helps[name].stdout))]
+    assert not missing, "documented but not in --help: " + ", ".join(missing)
+
+
+def test_no_page_mentions_a_flag_that_no_command_has(helps):
+    """Prose too: a renamed or removed flag may not live on in the docs."""
+    every_help = set(FLAG.findall("\n".join(r.stdout for r in helps.values())))
+    stale = {}
+    for page in [ROOT / "README.md", ROOT / "README_zh.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for flag in set(FLAG.findall(page.read_text(encoding="utf-8"))) - OTHER_TOOLS:
+            if flag not in every_help:
+                stale.setdefault(flag, []).append(str(page.relative_to(ROOT)))
+    assert not stale, f"flags in the docs that no command takes: {stale}"
+
+
+def test_the_flag_finder_reads_command_lines():
+    """The extraction itself: a check that found nothing would pass on nothing."""
+    block = ("```sh\nSTAGE=2 sh train.sh --num_train_epochs 1 | tee log --not_a_flag\n"
+             "$ python eval.py --benchmark pope && python -m model.export a b --format llava  # --comment\n"
+             "python test.py --model_weights w \\\n    --interactive\n```")
+    assert flags_in(block, {}) == {"train.py": {"--num_train_epochs"}, "eval.py": {"--benchmark"},
+                                   "-m model.export": {"--format"}, "test.py": {"--model_weights", "--interactive"}}
+    flags = documented_flags()
+    assert {"--benchmark", "--answer_rule", "--ocr_tokens"} <= flags["eval.py"]
+    assert "--format" in flags["-m model.export"] and "--dry-run" in flags["sh scripts/gpu_check.sh"]
