@@ -1,7 +1,8 @@
 """Ask a trained VLM about images.
 
     python test.py --model_weights CKPT --image_path IMG --prompt "这幅图像描述了什么？<|extra_0|>"
-    python test.py --model_weights CKPT --image_path IMG --interactive          # chat; /image PATH, /exit
+    python test.py --model_weights CKPT --image_path A.jpg B.jpg --prompt "<|extra_0|>和<|extra_0|>有什么不同？"
+    python test.py --model_weights CKPT --image_path IMG --interactive          # chat; /image PATH adds one, /exit
     python test.py --model_weights CKPT --image_path FOLDER --prompt Q --output answers.jsonl
     python test.py --model_weights CKPT --questions questions.jsonl --output answers.jsonl
 
@@ -36,8 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--base_language_model", help="override the checkpoint's base LLM (hub id or folder)")
     p.add_argument("--base_vision_model", "--base_value_model", dest="base_vision_model",
                    help="override the checkpoint's vision encoder (--base_value_model is the original name)")
-    p.add_argument("--image_path", help="an image file, or a folder of images for batch answers")
-    p.add_argument("--prompt", default="", help=f"the question; {IMAGE_MARKER} marks where the image goes")
+    p.add_argument("--image_path", nargs="+", help="image file(s), one marker each in the prompt (in order); or one "
+                                                    "folder of images for batch answers")
+    p.add_argument("--prompt", default="", help=f"the question; each {IMAGE_MARKER} marks where an image goes")
     p.add_argument("--questions", help="JSONL of {\"image\": path, \"question\": str[, \"id\": ...]} to answer")
     p.add_argument("--output", default="answers.jsonl", help="JSONL written by the batch modes")
     p.add_argument("--batch_size", type=int, default=8)
@@ -55,16 +57,17 @@ def parse_args(argv=None):
 
 
 def with_image_marker(prompt: str, n_images: int, warn=True) -> str:
-    """Puts the marker before the question when an image is given and the prompt has none."""
+    """One marker per image, in order. A prompt without any gets them before the question."""
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     count = prompt.count(IMAGE_MARKER)
-    if count > n_images:
-        raise UsageError(f"the prompt holds {count} image tokens but only {n_images} image(s) are given")
-    if count < n_images:
+    if count == 0 and n_images:
         if warn:
-            print(f"note: the prompt has no {IMAGE_MARKER}; the image goes before the question", file=sys.stderr)
-        prompt = IMAGE_MARKER * (n_images - count) + prompt
+            print(f"note: the prompt has no {IMAGE_MARKER}; the image(s) go before the question", file=sys.stderr)
+        return IMAGE_MARKER * n_images + prompt
+    if count != n_images:
+        raise UsageError(f"the prompt holds {count} image marker(s) ({IMAGE_MARKER}) but {n_images} image(s) are "
+                         "given: use one marker per image")
     return prompt
 
 
@@ -104,15 +107,17 @@ def read_questions(args) -> list[dict]:
                 if line.strip():
                     try:
                         row = json.loads(line)
-                        rows.append({"id": row.get("id", n), "image": row["image"], "question": row["question"]})
+                        images = {"images": row["images"]} if "images" in row else {"image": row["image"]}
+                        rows.append({"id": row.get("id", n), **images, "question": row["question"]})
                     except (json.JSONDecodeError, KeyError, TypeError):
-                        raise UsageError(f"{args.questions} line {n} is not {{\"image\": ..., \"question\": ...}}") \
-                            from None
+                        raise UsageError(f"{args.questions} line {n} is not {{\"image\": ..., \"question\": ...}} "
+                                         "(or \"images\": [...])") from None
         return rows
-    names = sorted(f for f in os.listdir(args.image_path) if f.lower().endswith(IMAGE_SUFFIXES))
+    folder = args.image_path[0]
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
     if not names:
-        raise UsageError(f"no images in folder {args.image_path}")
-    return [{"id": name, "image": os.path.join(args.image_path, name), "question": args.prompt} for name in names]
+        raise UsageError(f"no images in folder {folder}")
+    return [{"id": name, "image": os.path.join(folder, name), "question": args.prompt} for name in names]
 
 
 def answer_batch(model, args):
@@ -120,32 +125,37 @@ def answer_batch(model, args):
     with atomic_file(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for start in tqdm(range(0, len(rows), args.batch_size), desc="answering", unit="batch"):
             chunk = rows[start:start + args.batch_size]
-            images = [[load_image(r["image"])] for r in chunk]
-            conversations = [[{"role": "user", "content": with_image_marker(r["question"], 1, warn=False)}]
-                             for r in chunk]
+            images = [[load_image(p) for p in r.get("images", [r.get("image")])] for r in chunk]
+            conversations = [[{"role": "user", "content": with_image_marker(r["question"], len(imgs), warn=False)}]
+                             for r, imgs in zip(chunk, images, strict=True)]
             for row, text in zip(chunk, model.answer(conversations, images, **generation_kwargs(args)), strict=True):
                 f.write(json.dumps({**row, "answer": text}, ensure_ascii=False) + "\n")
     print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
 
 
-def chat(model, args, image):
-    """Multi-turn chat; the history stays in the chat template. /image PATH changes the image."""
-    messages, images, pending = [], [], [image] if image else []
-    print("chat: type a question; /image PATH to change the image; /exit or Ctrl-D to quit", file=sys.stderr)
+def chat(model, args, images_given):
+    """Multi-turn chat; the history, images included, stays in the chat template. /image PATH adds an image, which
+    goes with the next question (where it has a marker, or before it)."""
+    messages, images, pending = [], [], list(images_given)
+    print("chat: type a question; /image PATH to add an image; /exit or Ctrl-D to quit", file=sys.stderr)
     for line in sys.stdin:
         line = line.strip()
         if line in ("/exit", "/quit"):
             break
         if line.startswith("/image"):
             try:
-                pending = [load_image(line[len("/image"):].strip())]
-                print("(image changed)", file=sys.stderr)
+                pending.append(load_image(line[len("/image"):].strip()))
+                print(f"(image added: {len(pending)} with the next question)", file=sys.stderr)
             except ImageLoadError as e:
                 print(f"error: {e}", file=sys.stderr)
             continue
         if not line:
             continue
-        messages.append({"role": "user", "content": with_image_marker(line, len(pending), warn=False)})
+        try:
+            messages.append({"role": "user", "content": with_image_marker(line, len(pending), warn=False)})
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
         images += pending
         pending = []
         messages.append({"role": "assistant", "content": answer_one(model, messages, images, args)})
@@ -155,23 +165,24 @@ def chat(model, args, image):
 def main(argv=None) -> int:
     args = parse_args(argv)
     pick_device(args.device)  # a missing GPU fails before anything loads
-    folder = bool(args.image_path) and os.path.isdir(args.image_path)
+    paths = args.image_path or []
+    folder = len(paths) == 1 and os.path.isdir(paths[0])
+    if len(paths) > 1 and any(os.path.isdir(p) for p in paths):
+        raise UsageError("--image_path takes image files, or one folder")
     batch_mode = bool(args.questions) or folder
-    image = None
-    if args.image_path and not folder:
-        image = load_image(args.image_path)  # fail on a bad image before loading the model
+    images = [] if folder else [load_image(p) for p in paths]  # fail on a bad image before loading the model
     if not (args.interactive or batch_mode):
-        prompt = with_image_marker(args.prompt, 1 if image else 0)
+        prompt = with_image_marker(args.prompt, len(images))
     torch.manual_seed(args.seed)
     model = load_for_inference(args)
     if args.system is not None:
         model.processor.system_prompt = args.system
     if args.interactive:
-        chat(model, args, image)
+        chat(model, args, images)
     elif batch_mode:
         answer_batch(model, args)
     else:
-        answer_one(model, [{"role": "user", "content": prompt}], [image] if image else [], args)
+        answer_one(model, [{"role": "user", "content": prompt}], images, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from transformers import HfArgumentParser, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from common.cli import fail
-from dataset import DataUnavailable, VLMCollator, VLMDataset
+from dataset import DataUnavailable, PackedDataset, VLMCollator, VLMDataset
 from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
 from model.loss import resolve as resolve_loss
@@ -50,6 +50,8 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
     config = VLMConfig(
         llm=m.base_language_model, vision=m.base_vision_model, select_layer=m.select_layer,
         select_feature=m.select_feature, post_layernorm=m.post_layernorm, projector_type=m.projector_type,
+        image_aspect_ratio=m.image_aspect_ratio, image_grid_pinpoints=m.image_grid_pinpoints,
+        max_image_tokens=m.max_image_tokens,
         image_token=m.image_token, system_prompt=data.system_prompt, vision_mode=m.vision_mode,
         projector_mode=m.projector_mode, llm_mode=m.llm_mode, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout, target_modules=m.target_modules,
@@ -104,6 +106,12 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
         place_buffers(model, args.device)
     dataset = VLMDataset(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
                          seed=args.seed)
+    if data_args.packing:  # the plan depends only on the seed and the lengths: every process makes the same
+        dataset = PackedDataset.plan(dataset, data_args.max_length, data_args.packing_buffer, args.seed,
+                                     progress=args.process_index == 0)
+        if args.process_index == 0:
+            grouped = args.train_sampling_strategy == "group_by_length"
+            print(dataset.summary(args.per_device_train_batch_size, grouped), file=sys.stderr)
     if args.activation_checkpointing is None:  # on by default for LLMs of 1B parameters and more
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.llm.parameters())  # ZeRO-3: whole sizes
         args.activation_checkpointing = n_params >= 1e9

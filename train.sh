@@ -4,6 +4,7 @@
 #   STAGE=1 sh train.sh               # stage 1: projector alignment only, everything else frozen
 #   STAGE=2 INIT_PROJECTOR=./weights/stage1 sh train.sh
 #   DEEPSPEED=configs/zero3.json sh train.sh
+#   PACKING=1 sh train.sh             # padding-free packing: rows of --max_length tokens (docs/training.md)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 sh train.sh   # on each node, its own NODE_RANK
 set -e
 cd "$(dirname "$0")"
@@ -27,6 +28,7 @@ else
     if [ -n "$INIT_PROJECTOR" ]; then RECIPE="$RECIPE --init_projector $INIT_PROJECTOR"; fi
 fi
 if [ -n "$DEEPSPEED" ]; then RECIPE="$RECIPE --deepspeed $DEEPSPEED"; fi
+if [ -n "$PACKING" ] && [ "$PACKING" != 0 ]; then RECIPE="$RECIPE --packing"; fi
 
 # One process per visible GPU.
 if [ -n "$CUDA_VISIBLE_DEVICES" ]; then

@@ -113,7 +113,8 @@ def build_app(model, max_new_tokens: int = 512, name: str = "checkpoint"):
                 gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p"),
                 gr.Slider(1, max(max_new_tokens, 1), value=max_new_tokens, step=1, label="max new tokens")]
     return gr.ChatInterface(chat, multimodal=True, title="VLM chat", description=describe(model, name),
-                            textbox=gr.MultimodalTextbox(file_types=["image"], placeholder="Upload an image, ask"),
+                            textbox=gr.MultimodalTextbox(file_types=["image"], file_count="multiple",
+                                                           placeholder="Upload one or more images, ask"),
                             additional_inputs=controls, additional_inputs_accordion="Generation",
                             examples=[[e, 0.0, 1.0, max_new_tokens] for e in examples()] or None,
                             run_examples_on_click=True, cache_examples=False)

@@ -8,6 +8,11 @@ tokens/s, MFU and peak memory of both for batch 1/4/8 with activation checkpoint
     python bench/gpu_train.py                    # about 5 minutes on one H100
     python bench/gpu_train.py --budget_gib 24    # the fastest setting under 24 GiB (an RTX 3090/4090)
     python bench/gpu_train.py --tiny             # a seconds-long smoke run of the same code on the CPU
+    python bench/gpu_train.py --packing          # LLaVA-like lengths: padded batches vs packed rows, ours
+
+--packing draws LLaVA-like text lengths (bench/common.py's mix, scaled to --text) for 64 samples, each with its
+image, and trains ours on them padded (batches of 4, length-grouped) and packed (rows of 4,096 tokens, as many
+rows a batch as hold a padded batch's tokens, dataset/packing.py): real tokens/s, padding and peak memory.
 
 MFU = (4 * N_llm * T + 2 * N_vision * T_img) / (seconds * 989e12): frozen weights take no weight
 gradients, hence 4N rather than 6N; 989 TFLOP/s is the H100 SXM dense bf16 peak. N_llm excludes the
@@ -132,6 +137,65 @@ def train_run(model, batch, text, steps, device, every, vlm=None):
     return seconds, peak
 
 
+def packed_comparison(model, shape, device, samples: int = 64, max_length: int = 4096, batch: int = 4) -> list[list]:
+    """Ours on the same samples, padded (length-grouped batches) against packed rows: real tokens/s, padding, peak."""
+    import random
+
+    from bench.common import LENGTHS
+    from dataset import VLMCollator, plan_rows
+
+    rng = random.Random(0)
+    n = model.config.num_image_tokens
+    scale = shape["text"] / max(LENGTHS)
+    texts = [max(1, round(rng.choice(LENGTHS) * scale)) for _ in range(samples)]
+    size = model.vision_tower.image_size
+    items = []
+    for i, t in enumerate(texts):
+        ids = torch.cat([torch.full((n,), model.image_token_id), torch.randint(0, 256, (t,))])
+        items.append({"id": str(i), "input_ids": ids, "labels": ids, "pixel_values": torch.randn(1, 3, size, size)})
+    lengths = [len(it["input_ids"]) for it in items]
+    by_length = sorted(range(samples), key=lambda i: -lengths[i])
+    padded = [[items[i] for i in by_length[j:j + batch]] for j in range(0, samples, batch)]
+    max_length = max(max_length, max(lengths))
+    rows = plan_rows(lengths, max_length, seed=0)
+    rows.sort(key=lambda r: -sum(lengths[i] for i in r))  # rows of about the same size together
+    per_batch = max(1, round(batch * sum(lengths) / samples / max_length))
+    packed = [[[items[i] for i in row] for row in rows[j:j + per_batch]] for j in range(0, len(rows), per_batch)]
+    collate, table_rows = VLMCollator(0), []
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.llm.train()
+    for name, batches in (("padded, length-grouped", padded), (f"packed, {per_batch} row(s) a batch", packed)):
+        collated = [collate(b) for b in batches]
+        real = sum(c.pop("num_tokens") for c in collated)
+        slots = sum(c["input_ids"].numel() for c in collated)
+        for c in collated:
+            c.pop("sample_ids"), c.pop("skipped")
+            for k, v in c.items():
+                c[k] = v.to(device) if torch.is_tensor(v) else v
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+        def step(c):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(**c).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step(collated[0])
+        sync(device)
+        start = time.perf_counter()
+        for c in collated:
+            step(c)
+        sync(device)
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        table_rows.append([name, f"{len(collated)}", f"{1 - real / slots:.1%}", f"{samples / seconds:.2f}",
+                           f"{real / seconds:.0f}", f"{peak:.1f} GiB"])
+    return table_rows
+
+
 def llava_peer(model, rank: int):
     """transformers' Llava on our (frozen, LoRA-free) weights, with peft LoRA on the LLM's q/k/v/gate/up."""
     from peft import LoraConfig, get_peft_model
@@ -158,6 +222,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--budget_gib", type=float, help="report the fastest setting of ours whose peak fits")
+    p.add_argument("--packing", action="store_true", help="padded batches vs packed rows of LLaVA-like lengths (ours)")
     args = p.parse_args()
     shape = SHAPES["tiny" if args.tiny else "full"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -177,6 +242,12 @@ def main():
         tokens = batch * (n_img + text)
         return (4 * llm_params * tokens + 2 * vision_params * batch * n_img) / (seconds * PEAK_FLOPS)
 
+    if args.packing:
+        rows = packed_comparison(model, shape, device, max_length=4096 if not args.tiny else 256)
+        print(table(rows, ["ours, LoRA, the same samples", "steps", "padding", "samples/s", "tokens/s", "peak"]))
+        result["packing"] = rows
+        emit(result)
+        return
     if args.budget_gib:
         rows, best = [], None
         for batch in (*shape["batches"], 2 * shape["batches"][-1]):

@@ -1,5 +1,6 @@
 """LLaVA instruct JSON (detail_23k, complex_reasoning_77k, conversation_58k, llava_instruct_150k,
-llava_v1_5_mix665k, blip_laion_cc_sbu_558k) -> samples. Every turn is kept."""
+llava_v1_5_mix665k, blip_laion_cc_sbu_558k; and LLaVA-Interleave / OneVision entries whose "image" is a list,
+with one <image> per image in the text) -> samples. Every turn is kept, every image in the order of its tag."""
 
 from .records import DataError, RawSample
 
@@ -20,12 +21,13 @@ def convert_llava(entries: list, file: str, marker: str) -> list[RawSample]:
             if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
                 raise DataError(f"{where} has a turn that is not {{'from': human|gpt|system, 'value': str}}")
             turns.append({"role": ROLES[turn["from"]], "content": turn["value"].replace(LLAVA_IMAGE, marker)})
-        images = [entry["image"]] if entry.get("image") else []
+        image = entry.get("image")
+        images = [str(i) for i in image] if isinstance(image, list) else ([image] if image else [])
         n_markers = sum(t["content"].count(marker) for t in turns)
         first_user = next((t for t in turns if t["role"] == "user"), None)
         if first_user is None or not any(t["role"] == "assistant" for t in turns):
             raise DataError(f"{where} needs at least one human and one gpt turn")
-        if images and n_markers == 0:  # a few instruct sets omit <image>: it goes before the first question
+        if len(images) == 1 and n_markers == 0:  # a few instruct sets omit <image>: it goes before the first question
             first_user["content"] = f"{marker}\n{first_user['content']}"
         elif n_markers != len(images):
             raise DataError(f"{where} has {n_markers} <image> tokens for {len(images)} images")

@@ -3,5 +3,7 @@
 from .collator import VLMCollator
 from .conversation import IGNORE_INDEX, encode_conversation
 from .dataset import BadSample, DataUnavailable, VLMDataset
+from .packing import PackedDataset, plan_rows
 
-__all__ = ["IGNORE_INDEX", "BadSample", "DataUnavailable", "VLMCollator", "VLMDataset", "encode_conversation"]
+__all__ = ["IGNORE_INDEX", "BadSample", "DataUnavailable", "PackedDataset", "VLMCollator", "VLMDataset",
+           "encode_conversation", "plan_rows"]

@@ -24,14 +24,20 @@ def conversation_pieces(processor, messages: list[dict]) -> list[tuple[str, bool
     return pieces + ([(rest, False)] if rest else [])
 
 
-def encode_conversation(processor, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Image markers are expanded to N image tokens; labels are IGNORE_INDEX on the system prompt, user
-    turns, role headers and image tokens, and equal the ids on each reply up to and including its
-    end-of-turn token (<|im_end|>), so the model learns to stop."""
+def encode_conversation(processor, messages: list[dict], image_sizes: list | None = None
+                        ) -> tuple[list[int], list[int]]:
+    """Image markers are expanded to their images' tokens (image_sizes: (height, width) of each image, in order,
+    where the count depends on them); labels are IGNORE_INDEX on the system prompt, user turns, role headers and
+    image tokens, and equal the ids on each reply up to and including its end-of-turn token (<|im_end|>), so the
+    model learns to stop."""
     input_ids, labels = [], []
     end = processor.end_of_turn_id
+    seen = 0  # images expanded so far
     for text, is_reply in conversation_pieces(processor, messages):
-        ids = processor.tokenizer.encode(processor.expand(text), add_special_tokens=False)
+        n = processor.count_markers(text)
+        sizes = None if image_sizes is None else image_sizes[seen:seen + n]
+        seen += n
+        ids = processor.tokenizer.encode(processor.expand(text, sizes), add_special_tokens=False)
         input_ids += ids
         if not is_reply:
             labels += [IGNORE_INDEX] * len(ids)

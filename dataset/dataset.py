@@ -13,12 +13,13 @@ import random
 import torch
 from torch.utils.data import Dataset
 
-from visual import ImageLoadError, load_image
+from visual import ImageLoadError, image_size, load_image
 
 from .conversation import IGNORE_INDEX, encode_conversation
 
 logger = logging.getLogger(__name__)
 REPLACEMENT_TRIES = 16  # unusable samples in a row before the data is declared unavailable
+REPLACEMENT_WINDOW = 64  # packing: how far after a bad sample to look for one that fits its row
 
 
 class BadSample(ValueError):
@@ -61,41 +62,82 @@ class VLMDataset(Dataset):
         """Caption alternatives are drawn anew each epoch."""
         self.epoch = epoch
 
-    def messages(self, index: int) -> list[dict]:
+    def messages(self, index: int, longest: bool = False) -> list[dict]:
+        """The conversation, each caption alternative drawn for this epoch (or the longest, for a length bound)."""
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
-        return [{"role": m["role"], "content": rng.choice(m["alternatives"]) if m.get("alternatives") else m["content"]}
-                for m in self.samples[index]["conversations"]]
+
+        def pick(m):
+            if not m.get("alternatives"):
+                return m["content"]
+            if longest:
+                tokens = self.processor.tokenizer.encode
+                return max(m["alternatives"], key=lambda a: len(tokens(a, add_special_tokens=False)))
+            return rng.choice(m["alternatives"])
+
+        return [{"role": m["role"], "content": pick(m)} for m in self.samples[index]["conversations"]]
+
+    def sizes_matter(self) -> bool:
+        """Whether an image's token count depends on its size (anyres)."""
+        return self.processor.images.aspect == "anyres"
+
+    def token_length(self, index: int) -> int:
+        """The sample's exact token count, image tokens included, before truncation (with caption alternatives,
+        that of the longest): what packing plans with. With anyres the images' sizes are read from their headers;
+        a file that cannot be read counts as no image here, and as a bad sample when it is loaded."""
+        sizes = None
+        if self.sizes_matter():
+            sizes = []
+            for key in self.samples[index]["images"]:
+                try:
+                    sizes.append(image_size(self.paths[key]))
+                except ImageLoadError:
+                    sizes.append((1, 1))
+        return len(encode_conversation(self.processor, self.messages(index, longest=True), sizes)[0])
 
     def encode(self, index: int) -> dict:
         """One sample as tensors; BadSample when it cannot be used."""
         sample = self.samples[index]
-        input_ids, labels = encode_conversation(self.processor, self.messages(index))
+        try:
+            images = [load_image(self.paths[key]) for key in sample["images"]]
+        except ImageLoadError as e:
+            raise BadSample(str(e)) from None
+        sizes = [(image.height, image.width) for image in images]
+        input_ids, labels = encode_conversation(self.processor, self.messages(index), sizes)
         if len(input_ids) > self.max_length:
             if self.processor.image_token_id in input_ids[self.max_length:]:
                 raise BadSample(f"an image block does not fit within max_length {self.max_length}")
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         if all(label == IGNORE_INDEX for label in labels):
             raise BadSample(f"no reply token is left within max_length {self.max_length}")
-        try:
-            images = [load_image(self.paths[key]) for key in sample["images"]]
-        except ImageLoadError as e:
-            raise BadSample(str(e)) from None
+        pixels = self.processor.images(images)[0] if images else None
         return {
             "id": sample["id"],
             "input_ids": torch.tensor(input_ids),
             "labels": torch.tensor(labels),
-            "pixel_values": self.processor.image_processor(images) if images else None,
+            "pixel_values": pixels,  # (tiles, 3, H, W): one a image, or anyres's base view and tiles
+            "image_sizes": sizes,
         }
 
     def __getitem__(self, index: int) -> dict:
         """Sample `index`, or the next usable one after it; `skipped` holds (id, why) of those passed over."""
+        return self.usable(index)
+
+    def usable(self, index: int, fits=None) -> dict:
+        """Sample `index`, else the next usable one after it for which `fits(i)` holds (packing: one that fits the
+        row's room; only `skipped` when none of the next REPLACEMENT_WINDOW does). `skipped` holds (id, why) of the
+        bad ones.
+        REPLACEMENT_TRIES bad samples in a row mean the data is gone: DataUnavailable."""
         skipped = []
-        for k in range(REPLACEMENT_TRIES):
+        for k in range(REPLACEMENT_WINDOW if fits else REPLACEMENT_TRIES):
             i = (index + k) % len(self.samples)
+            if k and fits is not None and not fits(i):
+                continue
             try:
                 return {**self.encode(i), "skipped": skipped}
             except BadSample as e:
                 logger.warning("skipping sample %s: %s", self.samples[i]["id"], e)
                 skipped.append((self.samples[i]["id"], str(e)))
-        raise DataUnavailable(f"{REPLACEMENT_TRIES} samples in a row could not be used (from {skipped[0][0]}: "
-                              f"{skipped[0][1]}); is the image folder there?")
+            if len(skipped) == REPLACEMENT_TRIES:
+                raise DataUnavailable(f"{REPLACEMENT_TRIES} samples in a row could not be used (from {skipped[0][0]}: "
+                                      f"{skipped[0][1]}); is the image folder there?")
+        return {"skipped": skipped}  # packing: nothing within reach fits the row

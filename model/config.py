@@ -1,8 +1,11 @@
 """VLMConfig: everything needed to rebuild a trained VLM from its checkpoint folder alone."""
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
+
+from .anyres import ASPECT_RATIOS, parse_pinpoints
 
 CONFIG_NAME = "vlm_config.json"
 MODES = {
@@ -20,6 +23,10 @@ class VLMConfig:
     select_feature: str = "patch"
     post_layernorm: bool = False
     projector_type: str = "mlp2x_gelu"
+    # square (the tower's own resize and crop) | pad (LLaVA-1.5) | anyres (LLaVA-NeXT): see anyres.py
+    image_aspect_ratio: str = "square"
+    image_grid_pinpoints: list | str | None = None  # anyres: [[height, width], ...] or "HxW,..."; default LLaVA-NeXT's
+    max_image_tokens: int | None = None  # anyres: grids whose image tokens could exceed this are left out
     # Used only when the LLM's vocabulary lacks IMAGE_MARKER: added as a special token.
     image_token: str = "<image>"
     system_prompt: str | None = None  # None: the chat template's own default
@@ -37,11 +44,27 @@ class VLMConfig:
     chat_template: str | None = None
 
     def __post_init__(self):
-        for name, allowed in MODES.items():
+        for name, allowed in {**MODES, "image_aspect_ratio": ASPECT_RATIOS}.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
+
+    def resolve_image_layout(self, tile: int):
+        """anyres: the grids, LLaVA-NeXT's for a `tile`-px tower unless given, and within max_image_tokens if set."""
+        if self.image_aspect_ratio != "anyres":
+            return
+        points = self.image_grid_pinpoints
+        points = parse_pinpoints(points, tile) if points is None or isinstance(points, str) else points
+        if self.max_image_tokens is not None:
+            side = math.isqrt(self.num_image_tokens)
+            worst = {tuple(p): self.num_image_tokens + (p[0] // tile * side) * (p[1] // tile * side + 1)
+                     for p in points}
+            points = [p for p in points if worst[tuple(p)] <= self.max_image_tokens]
+            if not points:
+                raise ValueError(f"--max_image_tokens {self.max_image_tokens} leaves no grid: the smallest gives up to "
+                                 f"{min(worst.values())} image tokens")
+        self.image_grid_pinpoints = [list(p) for p in points]
 
     @property
     def hidden_size(self) -> int | None:

@@ -70,7 +70,7 @@ class StaticDecoder:
         return cache
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, pixel_values=None, max_new_tokens: int = 128,
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, max_new_tokens: int = 128,
                  min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  streamer=None, eos_token_id=None, pad_token_id=None, **ignored) -> torch.Tensor:
         """New tokens (B, <= max_new_tokens), each row complete up to its stop token (eos_token_id: one id or a
@@ -95,7 +95,7 @@ class StaticDecoder:
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
-        embeds = vlm.embed(input_ids, pixel_values)  # (B, T, C): the image is projected once
+        embeds = vlm.embed(input_ids, pixel_values, image_sizes)  # (B, T, C): the images are projected once
         out = vlm.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions.clamp(min=0),
                       use_cache=True, logits_to_keep=1, **{CACHE_FIELD: cache})
         token = pick(out.logits[:, -1], 0)  # (B,)

@@ -3,6 +3,10 @@
     python -m model.export CHECKPOINT OUTPUT                  # merged: our layout, loadable by test.py
     python -m model.export CHECKPOINT OUTPUT --format llava   # LlavaForConditionalGeneration (+ processor)
 
+`--format llava` follows the checkpoint's image layout: `square` and `pad` give LlavaForConditionalGeneration
+(with `pad`, its processor is LlavaImageProcessor(do_pad=True)); `anyres` gives LlavaNextForConditionalGeneration
+with the same grid pinpoints, its newline vector and LlavaNextProcessor.
+
 The Llava format needs an LLM that transformers supports natively (Qwen2, Llama, ...) or our QWen, which
 is converted to Qwen2 (weights and a fast tokenizer with identical ids; exact within its seq_length), a
 CLIP or SigLIP tower and the mlp2x_gelu projector. The weights use the key layout vLLM and SGLang read,
@@ -17,7 +21,15 @@ from dataclasses import replace
 
 import torch
 from peft import PeftModel
-from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
 
 from common import atomic_folder, exits_on
 from qwen import QWenLMHeadModel
@@ -83,24 +95,27 @@ def native_llm(model: VisionLanguageModel):
     return to_qwen2(llm), to_fast_tokenizer(model.tokenizer)
 
 
-def to_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """The Llava model (weights shared with ours, not copied) and its processor."""
+def to_llava(model: VisionLanguageModel):
+    """The Llava (or, for anyres, LlavaNext) model, weights shared with ours, not copied, and its processor."""
     cfg = model.config
     llava, tokenizer = to_llava_model(model)
     template = list_content_template(cfg.chat_template or tokenizer.chat_template, cfg.image_token, cfg.system_prompt)
     tokenizer.chat_template = template
     vision = model.vision_tower.vision_model
-    processor = LlavaProcessor(
-        image_processor=model.vision_tower.image_processor.processor, tokenizer=tokenizer,
-        patch_size=vision.config.patch_size, vision_feature_select_strategy=llava.config.vision_feature_select_strategy,
-        image_token=cfg.image_token, num_additional_image_tokens=model.vision_tower.prefix_tokens,
-        chat_template=template,
+    processor_class = LlavaNextProcessor if cfg.image_aspect_ratio == "anyres" else LlavaProcessor
+    image_processor = model.vision_tower.image_processor.processor if cfg.image_aspect_ratio == "square" else \
+        model.image_inputs.processor  # LlavaImageProcessor(do_pad=True) or LlavaNextImageProcessor, as we process
+    processor = processor_class(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.config.patch_size,
+        vision_feature_select_strategy=llava.config.vision_feature_select_strategy, image_token=cfg.image_token,
+        num_additional_image_tokens=model.vision_tower.prefix_tokens, chat_template=template,
     )
     return llava, processor
 
 
 def to_llava_model(model: VisionLanguageModel):
-    """LlavaForConditionalGeneration with our weights, and the transformers tokenizer that goes with it."""
+    """LlavaForConditionalGeneration (LlavaNextForConditionalGeneration for anyres) with our weights, and the
+    transformers tokenizer that goes with it."""
     cfg = model.config
     problems = []
     if not isinstance(model.vision_tower, HFVisionTower):
@@ -115,20 +130,27 @@ def to_llava_model(model: VisionLanguageModel):
     if not type(llm).__module__.startswith("transformers."):
         raise ValueError(f"cannot export to Llava: the LLM {type(llm).__name__} is not a transformers model")
     vision = model.vision_tower.vision_model
-    config = LlavaConfig(
-        vision_config=vision.config, text_config=llm.config, image_token_id=model.image_token_id,
-        projector_hidden_act="gelu", vision_feature_layer=cfg.select_layer,
-        vision_feature_select_strategy=llava_strategy(model), image_seq_length=cfg.num_image_tokens,
-        multimodal_projector_bias=True,
-    )
+    common = dict(vision_config=vision.config, text_config=llm.config, image_token_id=model.image_token_id,
+                  projector_hidden_act="gelu", vision_feature_layer=cfg.select_layer,
+                  vision_feature_select_strategy=llava_strategy(model), image_seq_length=cfg.num_image_tokens,
+                  multimodal_projector_bias=True)
+    anyres = cfg.image_aspect_ratio == "anyres"
+    if anyres:
+        config_class, model_class = LlavaNextConfig, LlavaNextForConditionalGeneration
+        config = config_class(image_grid_pinpoints=cfg.image_grid_pinpoints, **common)
+    else:
+        config_class, model_class = LlavaConfig, LlavaForConditionalGeneration
+        config = config_class(**common)
     base = getattr(llm, llm.base_model_prefix)
     state = {f"model.vision_tower.{k}": v for k, v in vision.state_dict().items()}
     state |= {f"model.language_model.{k}": v for k, v in base.state_dict().items()}
     state |= {f"model.multi_modal_projector.linear_{i}.{p}": getattr(model.projector[j], p)
               for i, j in ((1, 0), (2, 2)) for p in ("weight", "bias")}
+    if anyres:
+        state["model.image_newline"] = model.projector.image_newline
     state["lm_head.weight"] = llm.get_output_embeddings().weight
     with torch.device("meta"):
-        llava = LlavaForConditionalGeneration(config)
+        llava = model_class(config)
     # strict: every Llava weight comes from ours and nothing is left over
     llava.load_state_dict({k: v.detach().contiguous() for k, v in state.items()}, strict=True, assign=True)
     # buffers that no state dict holds (position ids, rotary frequencies) come from our modules too
@@ -142,7 +164,7 @@ def to_llava_model(model: VisionLanguageModel):
     return llava, tokenizer
 
 
-def serving_state_dict(llava: LlavaForConditionalGeneration) -> dict:
+def serving_state_dict(llava) -> dict:
     """Llava's weights in the key layout that vLLM and SGLang read: the vision tower's as
     `vision_tower.vision_model.*` (the original Llava checkpoints' layout); transformers reads it too."""
     tower = "model.vision_tower."

@@ -18,6 +18,7 @@ import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
 from common import IMAGE_MARKER
 from visual import FeatureSelection, load_vision_tower
 
+from .anyres import ImageInputs, pack_features
 from .config import VLMConfig
 from .decoding import DECODING_MODES, StaticDecoder
 from .loss import causal_lm_loss
@@ -54,10 +55,16 @@ class VisionLanguageModel(nn.Module):
         self.tokenizer = tokenizer
         # trainable parts stay fp32 even under a bf16 LLM: it is tiny, and keeps AdamW exact
         self.projector = build_projector(config.projector_type, vision_tower.hidden_size, config.llm_hidden_size)
+        if config.image_aspect_ratio == "anyres":  # LLaVA-NeXT's newline vector, trained and saved with the projector
+            width = config.llm_hidden_size
+            self.projector.register_parameter("image_newline", nn.Parameter(torch.randn(width) / width ** 0.5))
         self.projector.to(llm.device)
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        self.image_inputs = ImageInputs(vision_tower.image_processor, config.image_aspect_ratio,
+                                        config.num_image_tokens, config.image_grid_pinpoints)
         self.processor = VLMProcessor(tokenizer, vision_tower.image_processor, config.image_token,
-                                      config.num_image_tokens, config.chat_template, config.system_prompt)
+                                      config.num_image_tokens, config.chat_template, config.system_prompt,
+                                      self.image_inputs)
         self.decoder = None  # see set_decoding
         self.loss_impl = "auto"  # see loss.py: the loss at labelled positions only, chunked
         self.checkpoint_every = 1  # with activation checkpointing: recompute every k-th LLM block
@@ -83,6 +90,7 @@ class VisionLanguageModel(nn.Module):
             tower.to(device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
         config.num_image_tokens = tower.num_patches
+        config.resolve_image_layout(tower.image_size)
         config.vision_hidden_size = tower.hidden_size
         config.llm_hidden_size = llm.config.get_text_config().hidden_size
         config.chat_template = config.chat_template or tokenizer.chat_template
@@ -127,34 +135,59 @@ class VisionLanguageModel(nn.Module):
 
     # ---- forward ----
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.vision_tower(pixel_values)  # (n_images, N, D_vision)
+    def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
+        """(tiles, 3, H, W) -> the features of every image token, in order (sum of tokens, D_llm): N per image, or with
+        anyres each image's base view and its unpadded tile grid with a newline per row (anyres.py)."""
+        features = self.vision_tower(pixel_values)  # (tiles, N, D_vision)
         projector_dtype = next(self.projector.parameters()).dtype
-        return self.projector(features.to(projector_dtype))  # (n_images, N, D_llm)
+        features = self.projector(features.to(projector_dtype))  # (tiles, N, D_llm)
+        if self.config.image_aspect_ratio != "anyres":
+            return features.flatten(0, 1)
+        sizes = [tuple(s) for s in image_sizes.tolist()]
+        per_image = features.split([self.image_inputs.tiles(s) for s in sizes])
+        inputs = self.image_inputs
+        return torch.cat([pack_features(f, s, inputs.pinpoints, inputs.tile, self.projector.image_newline)
+                          for f, s in zip(per_image, sizes, strict=True)])
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+              image_sizes: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with image features written over the image-token positions."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, C)
         image_mask = input_ids == self.image_token_id  # (B, T)
-        n_images = 0 if pixel_values is None else pixel_values.shape[0]
-        n_tokens, n_features = int(image_mask.sum()), n_images * self.config.num_image_tokens
+        n_tokens = int(image_mask.sum())
+        if pixel_values is None:
+            n_images, n_features = 0, 0
+        elif self.config.image_aspect_ratio == "anyres":
+            if image_sizes is None:
+                raise ValueError("anyres needs the images' sizes (image_sizes) beside their pixel values")
+            n_images = len(image_sizes)
+            n_features = sum(self.image_inputs.tokens(tuple(s)) for s in image_sizes.tolist())
+        else:
+            n_images, n_features = pixel_values.shape[0], pixel_values.shape[0] * self.config.num_image_tokens
         if n_tokens != n_features:
+            per_image = "at their own sizes" if self.config.image_aspect_ratio == "anyres" else \
+                f"x {self.config.num_image_tokens}"
             raise ValueError(f"the batch holds {n_tokens} image tokens but {n_features} image features "
-                             f"({n_images} images x {self.config.num_image_tokens})")
+                             f"({n_images} images {per_image})")
         if n_images == 0:
             return embeds
-        features = self.image_features(pixel_values).to(embeds.dtype)
+        features = self.image_features(pixel_values, image_sizes).to(embeds.dtype)
         return embeds.masked_scatter(image_mask[..., None].expand_as(embeds), features)
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs):
-        inputs_embeds = self.embed(input_ids, pixel_values)  # (B, T, C)
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, image_sizes=None, **kwargs):
+        """Padded batches carry an attention_mask. Packed rows (dataset/packing.py) carry position_ids that restart at
+        every sample and no attention_mask: the LLM keeps attention within each sample (transformers' packed-sequence
+        masks, flash-attention varlen; our QWen alike), and no label crosses a sample boundary."""
+        inputs_embeds = self.embed(input_ids, pixel_values, image_sizes)  # (B, T, C)
+        if labels is not None or (attention_mask is None and kwargs.get("position_ids") is not None):
+            kwargs.setdefault("use_cache", False)  # a cache would also switch transformers' packed-row masks off
         if labels is None or self.loss_impl == "plain":
             return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
         # the loss at the labelled positions only (loss.py): the LLM's body, then its head on those rows
         causal_lm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
         head = causal_lm.get_output_embeddings()
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        hidden = causal_lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
+        hidden = causal_lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                       **kwargs).last_hidden_state  # (B, T, C)
         loss = causal_lm_loss(hidden, labels, head, resolve_loss(self.loss_impl, head), num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss)
@@ -176,15 +209,17 @@ class VisionLanguageModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, pixel_values=None, **generate_kwargs) -> torch.Tensor:
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None,
+                 **generate_kwargs) -> torch.Tensor:
         """Greedy by default; sampling and beam search through the usual generate arguments, with the KV
         cache. Returns only the new tokens (B, new), each answer complete up to its stop token."""
         generate_kwargs.setdefault("eos_token_id", self.stop_token_ids)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.stop_token_ids[0])
         generate_kwargs.setdefault("do_sample", False)
         if self.decoder is not None and generate_kwargs.get("num_beams", 1) == 1:
-            return self.decoder.generate(input_ids, attention_mask, pixel_values, **generate_kwargs)
-        embeds = self.embed(input_ids, pixel_values)
+            return self.decoder.generate(input_ids, attention_mask, pixel_values, image_sizes=image_sizes,
+                                         **generate_kwargs)
+        embeds = self.embed(input_ids, pixel_values, image_sizes)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     def answer(self, conversations: list[list[dict]], images: list[list] | None = None, **generate_kwargs):
@@ -194,5 +229,5 @@ class VisionLanguageModel(nn.Module):
         device = self.llm.device
         out = self.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                             None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
-                            **generate_kwargs)
+                            image_sizes=batch["image_sizes"], **generate_kwargs)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -41,7 +42,8 @@ def ntk_alpha(true_lengths: torch.Tensor, seq_length: int) -> torch.Tensor:
 
 
 class QWenRotaryEmbedding(nn.Module):
-    """cos/sin tables for given positions, with one NTK alpha per sequence of the batch."""
+    """cos/sin tables for given positions, with one NTK alpha per sequence of the batch (B,), or per token
+    (B, T) when several sequences are packed into one row."""
 
     def __init__(self, config: QWenConfig):
         super().__init__()
@@ -49,11 +51,12 @@ class QWenRotaryEmbedding(nn.Module):
         self.base = config.rotary_emb_base
 
     def forward(self, position_ids: torch.Tensor, alpha: torch.Tensor):
-        # position_ids (B, T), alpha (B,)
-        base = self.base * alpha.double() ** (self.dim / (self.dim - 2))  # (B,)
+        # position_ids (B, T), alpha (B,) or (B, T)
+        alpha = alpha[:, None] if alpha.dim() == 1 else alpha  # (B, 1 or T)
+        base = self.base * alpha.double() ** (self.dim / (self.dim - 2))
         exponents = torch.arange(0, self.dim, 2, device=position_ids.device, dtype=torch.float32) / self.dim
-        inv_freq = 1.0 / base.float()[:, None] ** exponents  # (B, dim/2)
-        freqs = position_ids[..., None].float() * inv_freq[:, None, :]  # (B, T, dim/2)
+        inv_freq = 1.0 / base.float()[..., None] ** exponents  # (B, 1 or T, dim/2)
+        freqs = position_ids[..., None].float() * inv_freq  # (B, T, dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, dim), broadcast over heads
         return emb.cos(), emb.sin()
 
@@ -163,6 +166,20 @@ def sdpa_mask(attention_mask, past: int, T: int, device):
     return mask
 
 
+def packed_sdpa_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) for rows of packed sequences: causal within each sequence, nothing across them.
+    segments (B, T): the sequence each token belongs to (transformers' find_packed_sequence_indices)."""
+    T = segments.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
+
+
+def segment_lengths(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) sequence ids -> (B, T): the length of the sequence each token belongs to."""
+    counts = torch.zeros_like(segments).scatter_add_(-1, segments, torch.ones_like(segments))
+    return counts.gather(-1, segments)
+
+
 def logn_attention_scale(position_ids: torch.Tensor, seq_length: int) -> torch.Tensor:
     """LogN scaling of the queries: log(p) / log(seq_length) for 1-based positions p past seq_length, else 1.
     (B, T) positions -> (B, 1, T, 1)."""
@@ -196,13 +213,16 @@ class QWenModel(QWenPreTrainedModel):
     def set_input_embeddings(self, value):
         self.wte = value
 
-    def _ntk_alpha(self, attention_mask, cache, B, T, past, device, reuse: bool):
-        """Per-sequence NTK alpha, fixed at prefill and kept on the cache for the decode steps (reuse)."""
+    def _ntk_alpha(self, attention_mask, cache, B, T, past, device, reuse: bool, segments=None):
+        """Per-sequence NTK alpha, fixed at prefill and kept on the cache for the decode steps (reuse); per token
+        for packed rows, each sequence's from its own length, as if it stood alone."""
         if self.training or not self.config.use_dynamic_ntk:
             return torch.ones(B, device=device)
         if reuse and hasattr(cache, "qwen_ntk_alpha"):
             return cache.qwen_ntk_alpha
-        if attention_mask is not None:
+        if segments is not None:
+            lengths = segment_lengths(segments)  # (B, T)
+        elif attention_mask is not None:
             lengths = attention_mask.sum(-1)
         else:
             lengths = torch.full((B,), past + T, device=device)
@@ -243,12 +263,18 @@ class QWenModel(QWenPreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
                 position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
+        # Packed rows (training): position ids that restart mark where each sequence begins, as transformers
+        # reads them; attention then stays within each sequence, and NTK / LogN follow each one's own length.
+        segments = None
+        if attention_mask is None and cache is None:
+            segments = find_packed_sequence_indices(position_ids.expand(B, T))
 
-        rotary = self.rotary_emb(position_ids, self._ntk_alpha(attention_mask, cache, B, T, past, x.device, past > 0))
+        alpha = self._ntk_alpha(attention_mask, cache, B, T, past, x.device, past > 0, segments)
+        rotary = self.rotary_emb(position_ids, alpha)
         logn_scale = None
         if self.config.use_logn_attn and not self.training and past + T > self.config.seq_length:
             logn_scale = logn_attention_scale(position_ids, self.config.seq_length)
-        attn_mask = sdpa_mask(attention_mask, past, T, x.device)
+        attn_mask = sdpa_mask(attention_mask, past, T, x.device) if segments is None else packed_sdpa_mask(segments)
 
         return self._blocks(x, rotary, logn_scale, attn_mask, cache)
 

@@ -29,7 +29,7 @@ def ours(args):
         batch = model.processor([model.processor.render(messages, add_generation_prompt=True)], [[load_image(path)]])
         with torch.no_grad():
             new = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                 max_new_tokens=args.max_new_tokens)[0].tolist()
+                                 image_sizes=batch["image_sizes"], max_new_tokens=args.max_new_tokens)[0].tolist()
         rows.append({"image": path, "prompt_ids": batch["input_ids"][0].tolist(), "tokens": new,
                      "text": model.tokenizer.decode(new, skip_special_tokens=True)})
     return rows, model.stop_token_ids

@@ -21,7 +21,8 @@ ENTRY_POINTS = {
     "-m demo.synthetic": ["-m", "demo.synthetic"], "-m training.plot": ["-m", "training.plot"],
     "bench/cpu_train.py": ["bench/cpu_train.py"], "bench/cpu_generate.py": ["bench/cpu_generate.py"],
     "bench/data_pipeline.py": ["bench/data_pipeline.py"], "bench/gpu_train.py": ["bench/gpu_train.py"],
-    "bench/gpu_generate.py": ["bench/gpu_generate.py"], "scripts/check_vllm.py": ["scripts/check_vllm.py"],
+    "bench/gpu_generate.py": ["bench/gpu_generate.py"], "bench/cpu_anyres.py": ["bench/cpu_anyres.py"],
+    "scripts/check_vllm.py": ["scripts/check_vllm.py"],
     "sh scripts/gpu_check.sh": ["sh", "scripts/gpu_check.sh"],
     "sh scripts/check_vllm.sh": ["sh", "scripts/check_vllm.sh"],
 }

@@ -179,3 +179,18 @@ def test_image_check_pool_is_sized_to_the_work():
     assert pool_size(220, 16) == 1 and pool_size(220, None) == 1
     assert pool_size(5000, 16) == 3 and pool_size(118_000, 16) == 16 and pool_size(118_000, 2) == 2
     assert pool_size(0, None) == 1
+
+
+def test_interleaved_llava_entries_keep_every_image_in_order():
+    """LLaVA-Interleave / OneVision entries: "image" is a list, one <image> per image, anywhere in any turn."""
+    from dataprocess.llava import convert_llava
+
+    entry = {"id": "x", "image": ["a.jpg", "b.jpg", "c.jpg"], "conversations": [
+        {"from": "human", "value": "Compare <image> and <image>."}, {"from": "gpt", "value": "The first is red."},
+        {"from": "human", "value": "And this one? <image>"}, {"from": "gpt", "value": "Blue."}]}
+    (sample,) = convert_llava([entry], "interleave.json", IMAGE_MARKER)
+    assert sample.images == ["a.jpg", "b.jpg", "c.jpg"]
+    text = "".join(t["content"] for t in sample.conversations)
+    assert text.count(IMAGE_MARKER) == 3 and sample.conversations[2]["content"] == f"And this one? {IMAGE_MARKER}"
+    with pytest.raises(DataError, match="has 2 <image> tokens for 3 images"):
+        convert_llava([{**entry, "conversations": entry["conversations"][:2]}], "interleave.json", IMAGE_MARKER)

@@ -91,12 +91,12 @@ def test_batch_mode_matches_single_runs(ckpt, capsys, tmp_path):
         r["answer"] for r in rows]
 
 
-def test_interactive_chat_keeps_history_and_changes_image(ckpt, capsys, monkeypatch):
+def test_interactive_chat_keeps_history_and_adds_an_image(ckpt, capsys, monkeypatch):
     second = ckpt["images"] / "1.png"
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"what colour?\nand now?\n/image {second}\nthis one?\n/exit\n"))
     code, out, err = run(capsys, "--model_weights", ckpt["ckpt"], "--image_path", str(ckpt["images"] / "0.png"),
                          "--interactive", "--no_stream", "--max_new_tokens", "6")
-    assert code == 0 and "(image changed)" in err
+    assert code == 0 and "(image added: 1 with the next question)" in err
     answers = out.strip().split("\n")
     assert len(answers) == 3
     model = load_checkpoint(ckpt["ckpt"])
@@ -127,7 +127,8 @@ def test_bad_input_gives_one_sentence_and_exit_2(ckpt, capsys, tmp_path):
                                              "--prompt", hi],
         "the prompt is empty": ["--image_path", image, "--prompt", "  "],
         "no CUDA GPU": ["--image_path", image, "--prompt", hi, "--device", "cuda"],
-        "2 image tokens but only 1": ["--image_path", image, "--prompt", f"{IMAGE_MARKER}{IMAGE_MARKER}hi"],
+        "holds 2 image marker(s) (<|extra_0|>) but 1 image(s)": ["--image_path", image, "--prompt",
+                                                                f"{IMAGE_MARKER}{IMAGE_MARKER}hi"],
         f"trained on {ckpt['qwen']} (hidden size 64), but the base LLM {wide} has hidden size 96":
             ["--model_weights", ckpt["lora"], "--image_path", image, "--prompt", hi, "--base_language_model", wide],
     }

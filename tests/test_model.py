@@ -93,9 +93,9 @@ def test_batch_mixing_0_1_and_2_images(bases, llm):
     ids = batch["input_ids"]
     assert (ids == model.image_token_id).sum(1).tolist() == [0, 16, 32]
     embeds = model.embed(ids, batch["pixel_values"])
-    features = model.image_features(batch["pixel_values"])  # (3 images, 16, C), in order of appearance
-    assert torch.equal(embeds[1][ids[1] == model.image_token_id], features[0])
-    assert torch.equal(embeds[2][ids[2] == model.image_token_id], features[1:].reshape(32, -1))
+    features = model.image_features(batch["pixel_values"])  # (3 images x 16, C), in order of appearance
+    assert torch.equal(embeds[1][ids[1] == model.image_token_id], features[:16])
+    assert torch.equal(embeds[2][ids[2] == model.image_token_id], features[16:])
     text_only = embeds[0][batch["attention_mask"][0].bool()]
     assert torch.equal(text_only, model.llm.get_input_embeddings()(ids[0][batch["attention_mask"][0].bool()]))
     # each sample in the batch equals itself run alone

@@ -90,6 +90,21 @@ def save_tiny_qwen2(folder, tie_word_embeddings=False):
     return str(folder)
 
 
+def save_tiny_llama(folder):
+    """A tiny transformers Llama (grouped-query attention) with the byte-level tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from demo.bases import byte_level_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=272, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    byte_level_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40)}
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from dataset.packing import DEFAULT_BUFFER
+
 
 @dataclass
 class ModelArguments:
@@ -17,6 +19,14 @@ class ModelArguments:
     select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch | all_but_first"})
     post_layernorm: bool = field(default=False, metadata={"help": "apply the vision post-layernorm"})
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "mlp2x_gelu | linear"})
+    image_aspect_ratio: str = field(default="square", metadata={
+        "help": "square (the tower's resize and crop) | pad (LLaVA-1.5: padded to a square with the mean colour) | "
+                "anyres (LLaVA-NeXT: tiles of the best-fitting grid plus a base view, docs/models.md)"})
+    image_grid_pinpoints: str | None = field(default=None, metadata={
+        "help": "anyres: the grids, HxW in pixels, comma-separated (default: LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1 and 1x3 "
+                "tiles of the tower's size)"})
+    max_image_tokens: int | None = field(default=None, metadata={
+        "help": "anyres: leave out the grids whose images could take more image tokens than this"})
     image_token: str = field(default="<image>", metadata={"help": "added for LLMs without <|extra_0|>"})
     vision_mode: str = field(default="frozen", metadata={"help": "frozen | full"})
     projector_mode: str = field(default="train", metadata={"help": "train | frozen"})
@@ -42,7 +52,13 @@ class ModelArguments:
 class DataArguments:
     image_map: str = field(default="data/image_map.json")
     captions_file: str = field(default="data/captions.json")
-    max_length: int = field(default=2048, metadata={"help": "tokens per sample, image tokens included"})
+    max_length: int = field(default=2048, metadata={"help": "tokens per sample (per row with --packing), image tokens "
+                                                             "included"})
+    packing: bool = field(default=False, metadata={
+        "help": "pack whole samples into rows of at most --max_length tokens, with no padding and no attention, "
+                "position or label across samples; --per_device_train_batch_size then counts rows (docs/training.md)"})
+    packing_buffer: int = field(default=DEFAULT_BUFFER, metadata={
+        "help": "--packing: samples per first-fit-decreasing window of the shuffled order"})
     system_prompt: str | None = field(default=None, metadata={"help": "default: the chat template's own"})
 
 

@@ -6,7 +6,9 @@
 - resume restores the trained weights from that folder (optimizer, scheduler, RNG and data order are
   the Trainer's own); under DeepSpeed the engine's checkpoint holds only the trained weights
 - bad samples, non-finite losses and preemption signals follow the rules of training/health.py
-- length grouping uses the dataset's estimated lengths instead of tokenising the whole dataset
+- length grouping uses the dataset's estimated lengths instead of tokenising the whole dataset; packed rows
+  (dataset/packing.py) are grouped by their token counts
+- every training log line carries samples/s, tokens/s and the padding fraction since the last one
 """
 
 import functools
@@ -14,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import time
 
 import torch
 from accelerate.utils import gather_object
@@ -61,6 +64,10 @@ class VLMTrainer(Trainer):
         self._step_reports = []  # (sample ids, finite flag) of this optimizer step's micro-batches
         self._new_bad_samples = []  # (id, why) seen by this process since the last step end
         self._checked_step = -1
+        self._throughput = torch.zeros(3)  # samples, real tokens, batch slots (tokens + padding) in this step
+        self._step_throughput = [0.0, 0.0, 0.0]  # the same, all processes, of the last step
+        self._logged_throughput = [0.0, 0.0, 0.0]  # ... since the last training log
+        self._throughput_since = None
 
     @property
     def health(self) -> RunHealth:
@@ -72,6 +79,7 @@ class VLMTrainer(Trainer):
         return self.preemption.received
 
     def train(self, *args, **kwargs):
+        self._throughput_since = time.perf_counter()
         with self.preemption:
             return super().train(*args, **kwargs)
 
@@ -94,6 +102,9 @@ class VLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         sample_ids = inputs.pop("sample_ids", [])
         self._new_bad_samples += inputs.pop("skipped", [])
+        num_tokens = inputs.pop("num_tokens", 0)
+        if model.training:
+            self._throughput += torch.tensor([len(sample_ids), num_tokens, inputs["input_ids"].numel()])
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         self._step_reports.append((sample_ids, torch.isfinite(loss.detach()).all()))
@@ -125,18 +136,24 @@ class VLMTrainer(Trainer):
                 nonfinite = True
                 logger.warning("step %d: the loss is NaN or inf; the batch held samples %s", step, sample_ids)
         self._step_reports = []
-        # one small all-reduce per step, so every process takes the same decisions
-        flags = torch.tensor([len(self._new_bad_samples), nonfinite, self.preempted is not None],
-                             dtype=torch.float32, device=self.args.device)
+        # one small all-reduce per step, so every process takes the same decisions (and logs every process's data)
+        flags = torch.cat([torch.tensor([len(self._new_bad_samples), nonfinite, self.preempted is not None]),
+                           self._throughput]).to(torch.float64 if self.args.device.type != "mps" else torch.float32)
+        flags = flags.to(self.args.device)
         if self.args.world_size > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
-        n_bad, nonfinite, preempted = (float(x) > 0 for x in flags.tolist())
+        flags = flags.tolist()
+        n_bad, nonfinite, preempted = (x > 0 for x in flags[:3])
+        self._step_throughput = flags[3:]
+        self._throughput.zero_()
         if n_bad:
             records = self._new_bad_samples if self.args.world_size == 1 else gather_object(self._new_bad_samples)
             self.health.add_bad_samples([tuple(r) for r in records])
         self._new_bad_samples = []
+        self._logged_throughput = [a + b for a, b in zip(self._logged_throughput, self._step_throughput, strict=True)]
         self.health.end_step(nonfinite, self.args.max_nonfinite_steps, step)
-        self.health.check_bad_samples(bad_sample_limit(self.args.max_bad_samples, len(self.train_dataset)))
+        samples = getattr(self.train_dataset, "num_samples", len(self.train_dataset))  # packed: rows != samples
+        self.health.check_bad_samples(bad_sample_limit(self.args.max_bad_samples, samples))
         if nonfinite:  # never save the weights of a step whose loss was not finite
             self.control.should_save = False
         if preempted:
@@ -147,8 +164,20 @@ class VLMTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs):
         if "loss" in logs:  # training logs carry the fault counts, so nothing is lost silently
-            logs = {**logs, "bad_samples": len(self.health.bad_samples), "nonfinite_steps": self.health.nonfinite_steps}
+            logs = {**logs, "bad_samples": len(self.health.bad_samples), "nonfinite_steps": self.health.nonfinite_steps,
+                    **self._throughput_logs()}
         super().log(logs, *args, **kwargs)
+
+    def _throughput_logs(self) -> dict:
+        """samples/s, tokens/s (real tokens, all processes) and the padding fraction since the last training log."""
+        now, since = time.perf_counter(), self._throughput_since
+        samples, tokens, slots = self._logged_throughput
+        self._logged_throughput, self._throughput_since = [0.0, 0.0, 0.0], now
+        if since is None or slots == 0:
+            return {}
+        seconds = now - since
+        return {"samples_per_second": round(samples / seconds, 3), "tokens_per_second": round(tokens / seconds, 1),
+                "padding_fraction": round(1 - tokens / slots, 4)}
 
     # ---- checkpoints ----
 

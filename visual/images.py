@@ -29,3 +29,14 @@ def load_image(path) -> Image.Image:
         raise ImageLoadError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageLoadError(f"cannot decode image {path}: {e}") from None
+
+
+def image_size(path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise ImageLoadError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"cannot decode image {path}: {e}") from None

@@ -26,6 +26,7 @@ class OpenCLIPImageProcessor:
     """open_clip's evaluation transform, applied per image and stacked."""
 
     def __init__(self, preprocess_cfg: dict):
+        self.preprocess_cfg = preprocess_cfg  # size, mean, std, interpolation: what pad and anyres reuse
         self.transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
 
     def __call__(self, images) -> torch.Tensor:
