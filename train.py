@@ -105,7 +105,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     if is_deepspeed_zero3_enabled():  # weights were partitioned at load; buffers are still on the CPU
         place_buffers(model, args.device)
     dataset = VLMDataset(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
-                         seed=args.seed)
+                         seed=args.seed, cache_images=data_args.cache_images)
     if data_args.packing:  # the plan depends only on the seed and the lengths: every process makes the same
         dataset = PackedDataset.plan(dataset, data_args.max_length, data_args.packing_buffer, args.seed,
                                      progress=args.process_index == 0)

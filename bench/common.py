@@ -27,21 +27,35 @@ from model.export import export
 LENGTHS = [24, 40, 64, 96, 128, 192, 256, 384]
 
 
-def build_pair(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int = 384, vision_layers: int = 4,
-               vocab: int = 272):
-    """Our VLM and a LlavaForConditionalGeneration with the same weights: a CLIP-style tower (224 px,
-    patch 16: 196 tokens), a Qwen2-style LLM (its embedding matrix `vocab` rows; Qwen's is 151,936) and
-    the mlp2x_gelu projector."""
+def write_bases(root: str, hidden: int = 512, layers: int = 4, vision_hidden: int = 384, vision_layers: int = 4,
+                vocab: int = 272, llm: str = "qwen2") -> tuple[str, str]:
+    """Base-model folders: a CLIP-style tower (224 px, patch 16: 196 tokens) and an LLM of the given shape,
+    transformers' Qwen2 or our QWen (its embedding matrix `vocab` rows; Qwen's is 151,936)."""
     torch.manual_seed(0)
     llm_dir, vision_dir = os.path.join(root, "llm"), os.path.join(root, "vision")
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
-                                 num_key_value_heads=8, intermediate_size=4 * hidden, max_position_embeddings=2048,
-                                 tie_word_embeddings=False)).save_pretrained(llm_dir)
+    if llm == "qwen":
+        from qwen import QWenConfig, QWenLMHeadModel
+
+        config = QWenConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+                            kv_channels=hidden // 8, intermediate_size=8 * hidden, seq_length=2048,
+                            max_position_embeddings=2048)
+        QWenLMHeadModel(config).save_pretrained(llm_dir)
+    else:
+        Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=8, num_key_value_heads=8, intermediate_size=4 * hidden,
+                                     max_position_embeddings=2048, tie_word_embeddings=False)).save_pretrained(llm_dir)
     byte_level_tokenizer().save_pretrained(llm_dir)
     CLIPVisionModel(CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
                                      num_hidden_layers=vision_layers, num_attention_heads=6, image_size=224,
                                      patch_size=16)).save_pretrained(vision_dir)
     CLIPImageProcessor().save_pretrained(vision_dir)
+    return llm_dir, vision_dir
+
+
+def build_pair(root: str, vocab: int = 272, **shape):
+    """Our VLM and a LlavaForConditionalGeneration with the same weights (write_bases' models, Qwen2, and the
+    mlp2x_gelu projector)."""
+    llm_dir, vision_dir = write_bases(root, vocab=vocab, **shape)
     ours = VisionLanguageModel.build(VLMConfig(llm=llm_dir, vision=vision_dir, llm_mode="full")).apply_trainable_modes()
     save_checkpoint(ours, os.path.join(root, "ours"))
     export(os.path.join(root, "ours"), os.path.join(root, "llava"), fmt="llava")

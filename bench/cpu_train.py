@@ -37,8 +37,10 @@ from bench.common import (  # noqa: E402
     reset_peak_rss,
     table,
     tmpdir,
+    write_bases,
 )
 from dataset import VLMCollator, plan_rows  # noqa: E402
+from model import VisionLanguageModel, VLMConfig  # noqa: E402
 
 # variant -> (model, our loss path, activation checkpointing every k blocks; 0: off)
 VARIANTS = {
@@ -130,12 +132,14 @@ def synthetic_item(model, text_tokens: int, seed: int) -> dict:
             "pixel_values": torch.randn(1, 3, 224, 224, generator=g)}
 
 
-def packing_table(vocab: int, samples: int, max_length: int, batch_size: int = 8) -> tuple[list[list], dict]:
+def packing_table(vocab: int, samples: int, max_length: int, batch_size: int = 8, llm: str = "qwen"
+                  ) -> tuple[list[list], dict]:
     """One epoch of the same samples, ours, in this run: padded batches of `batch_size` samples in random order and
     length-grouped (transformers' LengthGroupedSampler), and packed rows of at most max_length tokens: as many rows a
     batch as hold about the tokens of a padded batch (rows grouped by size, as train.sh does, or in random order),
     and `batch_size` rows a batch (the same flag value)."""
-    ours, _ = build_pair(tmpdir(), vocab=vocab)
+    llm_dir, vision_dir = write_bases(tmpdir(), vocab=vocab, llm=llm)
+    ours = VisionLanguageModel.build(VLMConfig(llm=llm_dir, vision=vision_dir, llm_mode="full")).apply_trainable_modes()
     ours.train()
     rng = random.Random(0)
     text = [rng.choice(LENGTHS) + rng.randint(-8, 8) for _ in range(samples)]
@@ -184,7 +188,8 @@ def packing_table(vocab: int, samples: int, max_length: int, batch_size: int = 8
     table_rows = [[name, f"{r['steps']}", f"{r['padding']:.1%}", f"{r['samples_per_s']:.2f}",
                    f"{r['tokens_per_s']:.0f}", f"{r['samples_per_s'] / grouped_rate:.2f}x"]
                   for name, r in results.items()]
-    return table_rows, {"samples": samples, "max_length": max_length, "batch_size": batch_size, "ways": results}
+    return table_rows, {"samples": samples, "max_length": max_length, "batch_size": batch_size, "llm": llm,
+                        "ways": results}
 
 
 def trainer_step_on(model, optimizer):
@@ -204,13 +209,15 @@ def main():
     p.add_argument("--epoch_samples", type=int, default=64)
     p.add_argument("--packing", action="store_true", help="only the padded-vs-packed epoch (ours)")
     p.add_argument("--max_length", type=int, default=1024, help="--packing: tokens per row (and per sample)")
+    p.add_argument("--llm", choices=["qwen", "qwen2"], default="qwen",
+                   help="--packing: our QWen (attention per packed sample) or transformers' Qwen2 (its masked SDPA)")
     p.add_argument("--only", choices=sorted(VARIANTS), help="(internal) one variant in this process")
     args = p.parse_args()
     if args.only:
         emit(run_variant(args.only, args.steps, args.vocab))
         return
     if args.packing:
-        rows, result = packing_table(args.vocab, args.epoch_samples, args.max_length)
+        rows, result = packing_table(args.vocab, args.epoch_samples, args.max_length, llm=args.llm)
         print(table(rows, ["one epoch, ours", "steps", "padding", "samples/s", "tokens/s", "vs length-grouped"]))
         emit({"benchmark": "cpu_train_packing", **machine(), "vocab": args.vocab, **result})
         return

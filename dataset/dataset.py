@@ -31,7 +31,8 @@ class DataUnavailable(RuntimeError):
 
 
 class VLMDataset(Dataset):
-    def __init__(self, image_map: str, captions: str, processor, max_length: int = 2048, seed: int = 0):
+    def __init__(self, image_map: str, captions: str, processor, max_length: int = 2048, seed: int = 0,
+                 cache_images: bool = False):
         with open(image_map, encoding="utf-8") as f:
             self.paths = {key: entry["path"] for key, entry in json.load(f).items()}
         with open(captions, encoding="utf-8") as f:
@@ -45,6 +46,9 @@ class VLMDataset(Dataset):
                                  f"which {image_map} does not list")
         self.processor = processor
         self.max_length = max_length
+        # cache_images: each image's processed pixels and size, kept by the process that first loads it (each
+        # DataLoader worker has its own; persistent workers keep theirs across epochs), for data that fits in RAM
+        self.cache = {} if cache_images else None
         self.seed = seed
         self.epoch = 0
         # token counts estimated without tokenising everything at start-up (about 4 UTF-8 bytes a token):
@@ -98,10 +102,9 @@ class VLMDataset(Dataset):
         """One sample as tensors; BadSample when it cannot be used."""
         sample = self.samples[index]
         try:
-            images = [load_image(self.paths[key]) for key in sample["images"]]
+            pixels, sizes = self.pixels(sample["images"])
         except ImageLoadError as e:
             raise BadSample(str(e)) from None
-        sizes = [(image.height, image.width) for image in images]
         input_ids, labels = encode_conversation(self.processor, self.messages(index), sizes)
         if len(input_ids) > self.max_length:
             if self.processor.image_token_id in input_ids[self.max_length:]:
@@ -109,7 +112,6 @@ class VLMDataset(Dataset):
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         if all(label == IGNORE_INDEX for label in labels):
             raise BadSample(f"no reply token is left within max_length {self.max_length}")
-        pixels = self.processor.images(images)[0] if images else None
         return {
             "id": sample["id"],
             "input_ids": torch.tensor(input_ids),
@@ -117,6 +119,19 @@ class VLMDataset(Dataset):
             "pixel_values": pixels,  # (tiles, 3, H, W): one a image, or anyres's base view and tiles
             "image_sizes": sizes,
         }
+
+    def pixels(self, keys: list[str]) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+        """The images' pixels (tiles, 3, H, W), one after the other, and their (height, width)."""
+        if not keys:
+            return None, []
+        if self.cache is None:
+            images = [load_image(self.paths[key]) for key in keys]
+            return self.processor.images(images)[0], [(image.height, image.width) for image in images]
+        for key in keys:
+            if key not in self.cache:
+                image = load_image(self.paths[key])
+                self.cache[key] = (self.processor.images([image])[0], (image.height, image.width))
+        return torch.cat([self.cache[key][0] for key in keys]), [self.cache[key][1] for key in keys]
 
     def __getitem__(self, index: int) -> dict:
         """Sample `index`, or the next usable one after it; `skipped` holds (id, why) of those passed over."""

@@ -9,9 +9,9 @@ colour from 64 px images within a minute, which a random or briefly trained tiny
 import json
 import math
 import os
+import re
 import time
 
-import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from open_clip.model import CLIP
@@ -21,12 +21,33 @@ from tqdm import tqdm
 from visual import FeatureSelection, load_image
 from visual.open_clip_tower import OpenCLIPVisionTower
 
-# open_clip model config: ModifiedResNet (layers as a list) and a small text transformer
+# open_clip model config: ModifiedResNet (layers as a list) and a small text transformer; the text tower's vocabulary
+# and context are those of the captions' word tokenizer (WordTokenizer), set when the model is made
 TINY_CLIP = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+    "text_cfg": {"context_length": 16, "vocab_size": None, "width": 128, "heads": 4, "layers": 2},
 }
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class WordTokenizer:
+    """A tokenizer fitted to the captions' few words (about 20, against the 49,408 BPE tokens of CLIP's, whose
+    embedding and optimizer state would be most of the text tower). The ids follow open_clip's text tower, which
+    pools at the highest id of a row: padding 0, start 1, unknown 2, the words, and end-of-text last."""
+
+    def __init__(self, captions: list[str], context_length: int):
+        words = sorted({w for c in captions for w in WORD.findall(c.lower())})
+        self.ids = {w: i + 3 for i, w in enumerate(words)}
+        self.end = len(words) + 3
+        self.vocab_size, self.context_length = self.end + 1, context_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for row, text in zip(out, texts, strict=True):
+            ids = [1, *(self.ids.get(w, 2) for w in WORD.findall(text.lower()))][: self.context_length - 1] + [self.end]
+            row[: len(ids)] = torch.tensor(ids)
+        return out
 PREPROCESS = {"size": 64, "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
               "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
 
@@ -72,8 +93,9 @@ def pretrain(train_pairs, test_pairs, out_folder: str, steps: int = 400, batch_s
              seed: int = 0, progress: bool = True) -> dict:
     """Trains the tiny CLIP, saves its image tower to `out_folder`; returns the stage's figures."""
     torch.manual_seed(seed)
-    model = CLIP(**TINY_CLIP, output_dict=True)
-    tokenizer = open_clip.get_tokenizer("RN50", context_length=TINY_CLIP["text_cfg"]["context_length"])
+    tokenizer = WordTokenizer([c for _, c in train_pairs], TINY_CLIP["text_cfg"]["context_length"])
+    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "vocab_size": tokenizer.vocab_size}}
+    model = CLIP(**config, output_dict=True)
     transform = image_transform_v2(PreprocessCfg(**PREPROCESS), is_train=False)
     images, texts = load_pairs(train_pairs, transform, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
@@ -95,7 +117,7 @@ def pretrain(train_pairs, test_pairs, out_folder: str, steps: int = 400, batch_s
         if step % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     accuracy = retrieval_accuracy(model, test_pairs, transform, tokenizer)
-    model_cfg = {**TINY_CLIP, "quick_gelu": False}
+    model_cfg = {**config, "quick_gelu": False}
     tower = OpenCLIPVisionTower(model.visual, model_cfg, PREPROCESS, FeatureSelection(select_layer=-2))
     tower.save_pretrained(out_folder)
     return {"steps": steps, "seconds": round(time.time() - start, 1), "loss_first": losses[0], "loss_last": losses[-1],

@@ -31,7 +31,7 @@ from .synthetic import write_split
 
 # Tuned on the 2-core CPU machine this project is developed on; see docs/demo.md.
 DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1000, batch_size=32, learning_rate=1e-3,
-                clip_steps=400, clip_learning_rate=3e-3, init_range=0.08)
+                clip_steps=400, clip_learning_rate=3e-3, init_range=0.08, chats=0.5, select_layer=-1, workers=1)
 STEPS = 7
 
 
@@ -61,6 +61,16 @@ def main(argv=None):
     p.add_argument("--vision", choices=["clip_resnet", "vit"], default="clip_resnet",
                    help="clip_resnet: pretrained in stage 0 (default); vit: a random CLIP ViT, frozen, as "
                         "demos before it (exports to Llava)")
+    p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"], help="stage 2")
+    p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"], help="stage 2")
+    p.add_argument("--clip_learning_rate", type=float, default=DEFAULTS["clip_learning_rate"], help="stage 0")
+    p.add_argument("--select_layer", type=int, default=DEFAULTS["select_layer"],
+                   help="stage 2: the ResNet stage read (-1: last, a 2 x 2 grid; -2: the one before, 4 x 4)")
+    p.add_argument("--chats", type=float, default=DEFAULTS["chats"],
+                   help="share of training images that also get two-turn chats (same image; a second image)")
+    p.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="stage 2: DataLoader workers")
+    p.add_argument("--image_aspect_ratio", choices=["square", "pad", "anyres"], default="square",
+                   help="stage 2: how images reach the tower (docs/models.md)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 40 steps (20 in stage 0) on 200 images")
     args = p.parse_args(argv)
     if args.quick:
@@ -75,15 +85,17 @@ def main(argv=None):
 
     step("synthetic data")
     annotations = {}
-    for split, n, seed in (("train", args.train_images, args.seed), ("test", args.test_images, 10_000 + args.seed)):
-        files = write_split(os.path.join(data, split), n, DEFAULTS["image_size"], seed)
+    for split, n, seed, chats in (("train", args.train_images, args.seed, args.chats),
+                                  ("test", args.test_images, 10_000 + args.seed, 1.0)):
+        files = write_split(os.path.join(data, split), n, DEFAULTS["image_size"], seed, chats)
         annotations[split] = files["en"]
         config = {"output_dir": os.path.join(data, split, "processed"), "seed": args.seed, "sources": [
             {"type": "conversations", "name": lang, "annotations": path, "image_dir": os.path.join(data, split)}
             for lang, path in files.items()]}
         with open(os.path.join(data, f"{split}.yaml"), "w") as f:
             yaml.safe_dump(config, f)
-    print(f"  {args.train_images} training and {args.test_images} held-out images, 2 questions each")
+    print(f"  {args.train_images} training and {args.test_images} held-out images, 2 questions each, and two-turn "
+          f"chats (the same image; a second image) for {args.chats:.0%} of the training and all held-out images")
 
     step("process_image.py")
     for split in ("train", "test"):
@@ -106,10 +118,10 @@ def main(argv=None):
     else:
         pairs = {s: captioned_images(annotations[s], os.path.join(data, s)) for s in annotations}
         stage0 = pretrain(pairs["train"], pairs["test"], vision, steps=args.clip_steps,
-                          lr=DEFAULTS["clip_learning_rate"], seed=args.seed)
+                          lr=args.clip_learning_rate, seed=args.seed)
         curve = plot_curve(list(range(1, len(stage0["losses"]) + 1)), stage0["losses"],
                            os.path.join(base, "clip_loss.png"), "stage 0: CLIP (ClipLoss)")
-        select_layer = "-1"  # the ResNet's last stage: a 2 x 2 grid of 512-wide tokens
+        select_layer = str(args.select_layer)  # -1: the ResNet's last stage, a 2 x 2 grid of 512-wide tokens
         print(f"  {vision}: open_clip ResNet (64 px, width 16) + text transformer, {args.clip_steps} steps of 128 "
               f"pairs: loss {stage0['loss_first']:.3f} -> {stage0['loss_last']:.3f}; zero-shot retrieval on the "
               f"held-out images (top-1 of {len(set(c for _, c in pairs['test']))} captions): "
@@ -120,12 +132,13 @@ def main(argv=None):
     run([python, "train.py", "--base_language_model", llm, "--base_vision_model", vision,
          "--select_layer", select_layer, "--image_map", f"{train_dir}/image_map.json",
          "--captions_file", f"{train_dir}/captions.json", "--output_dir", out, "--llm_mode", "full",
-         "--max_steps", str(args.steps), "--per_device_train_batch_size", str(DEFAULTS["batch_size"]),
-         "--learning_rate", str(DEFAULTS["learning_rate"]),
+         "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
+         "--learning_rate", str(args.learning_rate), "--image_aspect_ratio", args.image_aspect_ratio,
+         "--cache_images", "true", "--dataloader_persistent_workers", str(args.workers > 0).lower(),
          "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
          "--logging_steps", str(max(1, min(50, args.steps // 10))),
          "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--auto_resume", "false",
-         "--dataloader_num_workers", "1"], os.path.join(data, "train.log"))
+         "--dataloader_num_workers", str(args.workers)], os.path.join(data, "train.log"))
     state = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
     curve = [h["loss"] for h in state if "loss" in h]
     print(f"  loss {curve[0]:.3f} -> {curve[-1]:.3f} over {args.steps} steps; curve in {out}/loss.png")
@@ -149,8 +162,9 @@ def main(argv=None):
     names = list(times)
     seconds = {names[i]: round(times[names[i + 1]] - times[names[i]], 1) for i in range(len(names) - 1)}
     per_source = {k: v["exact_match"] for k, v in results["per_source"].items()}
-    print(f"\n  exact match on {results['n']} held-out questions: {results['exact_match']:.1%} "
-          f"(zh {per_source.get('zh', 0):.1%}, en {per_source.get('en', 0):.1%})")
+    print(f"\n  exact match on {results['n']} held-out questions: {results['exact_match']:.1%} (" +
+          ", ".join(f"{name} {per_source[name]:.1%}" for name in ("zh", "en", "chat", "second_image")
+                    if name in per_source) + ")")
     print(f"  grid of held-out answers: {grid}")
     print(f"  seconds per step: {seconds}; total {sum(seconds.values()):.0f} s")
     print(f"  try it: sh test.sh   or   python test.py --model_weights {out} --image_path test_img/2.jpg "

@@ -1,6 +1,11 @@
 """The CPU demo's task: one or two coloured shapes on a plain background, with exact answers.
 
+Each image is asked about in Chinese (its colours) and in English (its shapes, left to right), and the data holds
+two kinds of two-turn chats as well: both questions about the same image, one after the other (`chat`), and a
+second image brought into the conversation with its own marker in the second turn (`second_image`).
+
     python -m demo.synthetic --test_img test_img      # the example images of test.sh
+    python -m demo.synthetic --split data/sizes/80 --images 200 --size 80 --seed 7   # a held-out split at 80 px
 """
 
 import argparse
@@ -89,20 +94,40 @@ def question(rng: random.Random, lang: str) -> str:
     return f"{IMAGE_MARKER}{QUESTIONS[lang]}" if rng.random() < 0.5 else f"{QUESTIONS[lang]}{IMAGE_MARKER}"
 
 
-def write_split(folder: str, n_images: int, size: int, seed: int) -> dict[str, str]:
-    """n_images PNGs and their Q&A, one zh and one en sample per image, in the `conversations` source
-    format that process_image.py reads. Returns {language: annotation file}."""
+CHAT_KINDS = ("chat", "second_image")
+
+
+def write_split(folder: str, n_images: int, size: int, seed: int, chats: float = 0.5) -> dict[str, str]:
+    """n_images PNGs and their Q&A in the `conversations` source format that process_image.py reads: a zh and an
+    en sample per image, and for a `chats` share of the images one two-turn chat of each kind (the first answer
+    given, the second to learn or to score). Returns {source: annotation file}."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
-    samples = {lang: [] for lang in QUESTIONS}
+    samples = {source: [] for source in (*QUESTIONS, *(CHAT_KINDS if chats else ()))}
+    scenes = []
     for i in range(n_images):
         background, shapes = sample_scene(rng, size)
         name = f"images/{i:05d}.png"
         render(background, shapes, size).save(os.path.join(folder, name))
+        scenes.append((name, shapes))
         for lang in QUESTIONS:
             samples[lang].append({"id": f"{i:05d}", "images": [name], "conversations": [
                 {"role": "user", "content": question(rng, lang)},
                 {"role": "assistant", "content": answer(shapes, lang)}]})
+    for i, (name, shapes) in enumerate(scenes):
+        if not chats or rng.random() >= chats:
+            continue
+        first, second = rng.sample(list(QUESTIONS), 2)  # one language, then the other
+        samples["chat"].append({"id": f"{i:05d}", "images": [name], "conversations": [
+            {"role": "user", "content": question(rng, first)}, {"role": "assistant", "content": answer(shapes, first)},
+            {"role": "user", "content": QUESTIONS[second]}, {"role": "assistant", "content": answer(shapes, second)}]})
+        other_name, other = scenes[rng.randrange(n_images)]
+        lang_a, lang_b = rng.choice(list(QUESTIONS)), rng.choice(list(QUESTIONS))
+        samples["second_image"].append({"id": f"{i:05d}", "images": [name, other_name], "conversations": [
+            {"role": "user", "content": question(rng, lang_a)},
+            {"role": "assistant", "content": answer(shapes, lang_a)},
+            {"role": "user", "content": question(rng, lang_b)},
+            {"role": "assistant", "content": answer(other, lang_b)}]})
     files = {}
     for lang, rows in samples.items():
         files[lang] = os.path.join(folder, f"annotations_{lang}.json")
@@ -114,8 +139,16 @@ def write_split(folder: str, n_images: int, size: int, seed: int) -> dict[str, s
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--test_img", default="test_img", help="folder for the example images")
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--split", help="instead: write a data split (images and annotations) into this folder")
+    parser.add_argument("--images", type=int, default=200, help="--split: how many images")
+    parser.add_argument("--seed", type=int, default=0, help="--split: the draw")
+    parser.add_argument("--chats", type=float, default=1.0, help="--split: share of images with two-turn chats")
     args = parser.parse_args()
+    if args.split:
+        for source, path in write_split(args.split, args.images, args.size, args.seed, args.chats).items():
+            print(f"{source}: {path}")
+        return
     rng = random.Random(2024)
     os.makedirs(args.test_img, exist_ok=True)
     for i in range(1, 4):

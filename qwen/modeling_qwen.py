@@ -96,14 +96,22 @@ class QWenAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)  # (B, H, past + T, hd)
         if logn_scale is not None:
             q = q * logn_scale.type_as(q)
-        y = F.scaled_dot_product_attention(
+        if isinstance(attn_mask, PackedSpans):  # each packed sequence on its own: causal, no FLOP on the others
+            rows = [torch.cat([self._sdpa(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e], None)
+                               for s, e in spans], dim=2) for b, spans in enumerate(attn_mask)]
+            y = torch.cat(rows)  # (B, H, T, hd)
+        else:
+            y = self._sdpa(q, k, v, attn_mask)  # (B, H, T, hd)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _sdpa(self, q, k, v, attn_mask):
+        return F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=attn_mask is None and T > 1,
+            is_causal=attn_mask is None and q.shape[2] > 1,
             scale=self.scale,
-        )  # (B, H, T, hd)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        )
 
 
 class QWenMLP(nn.Module):
@@ -166,12 +174,18 @@ def sdpa_mask(attention_mask, past: int, T: int, device):
     return mask
 
 
-def packed_sdpa_mask(segments: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) for rows of packed sequences: causal within each sequence, nothing across them.
-    segments (B, T): the sequence each token belongs to (transformers' find_packed_sequence_indices)."""
-    T = segments.shape[-1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
-    return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
+class PackedSpans(list):
+    """Rows of packed sequences, as each row's [(start, end), ...] spans: attention runs causally within each span
+    alone, which is a block-diagonal causal mask without computing its masked blocks."""
+
+    @classmethod
+    def of(cls, segments: torch.Tensor) -> "PackedSpans":
+        """segments (B, T): the sequence each token belongs to (transformers' find_packed_sequence_indices)."""
+        T, spans = segments.shape[-1], cls()
+        for row in (segments[:, 1:] != segments[:, :-1]).tolist():
+            starts = [0] + [t + 1 for t, change in enumerate(row) if change]
+            spans.append(list(zip(starts, starts[1:] + [T], strict=True)))
+        return spans
 
 
 def segment_lengths(segments: torch.Tensor) -> torch.Tensor:
@@ -274,7 +288,7 @@ class QWenModel(QWenPreTrainedModel):
         logn_scale = None
         if self.config.use_logn_attn and not self.training and past + T > self.config.seq_length:
             logn_scale = logn_attention_scale(position_ids, self.config.seq_length)
-        attn_mask = sdpa_mask(attention_mask, past, T, x.device) if segments is None else packed_sdpa_mask(segments)
+        attn_mask = sdpa_mask(attention_mask, past, T, x.device) if segments is None else PackedSpans.of(segments)
 
         return self._blocks(x, rotary, logn_scale, attn_mask, cache)
 

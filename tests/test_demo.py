@@ -96,7 +96,7 @@ def test_short_demo_runs_end_to_end_and_learns(tmp_path):
                              "--output_dir", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(summary["per_source"]) == {"zh", "en"} and 0 <= summary["exact_match"] <= 1
+    assert set(summary["per_source"]) == {"zh", "en", "chat", "second_image"} and 0 <= summary["exact_match"] <= 1
     assert summary["clip_steps"] == 20 and 0 <= summary["zero_shot_top1"] <= 1  # stage 0 ran
     assert (tmp_path / "weights_base" / "clip_loss.png").exists()
     assert (tmp_path / "weights_base" / "vision" / "open_clip_vision.safetensors").exists()

@@ -60,6 +60,9 @@ class DataArguments:
     packing_buffer: int = field(default=DEFAULT_BUFFER, metadata={
         "help": "--packing: samples per first-fit-decreasing window of the shuffled order"})
     system_prompt: str | None = field(default=None, metadata={"help": "default: the chat template's own"})
+    cache_images: bool = field(default=False, metadata={
+        "help": "keep each image's processed pixels in memory once loaded, in every DataLoader worker (with "
+                "--dataloader_persistent_workers true, across epochs): for data sets that fit in RAM"})
 
 
 @dataclass
