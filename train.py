@@ -59,8 +59,11 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
     # A part trained in full keeps fp32 master weights; frozen and LoRA-adapted weights use the half dtype.
     llm_dtype = torch.float32 if m.llm_mode == "full" else dtype
     flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    # qlora: the weights are quantised where they load, so each process loads onto its own GPU
+    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if m.llm_mode == "qlora" and torch.cuda.is_available() else None
     model = VisionLanguageModel.build(config, dtype=llm_dtype, vision_dtype=torch.float32 if m.vision_mode == "full"
-                                      else dtype, attn_implementation="flash_attention_2" if flash else None)
+                                      else dtype, attn_implementation="flash_attention_2" if flash else None,
+                                      device=device)
     if m.init_projector:  # stage 2 starts from the stage-1 projector
         load_projector_file(model, m.init_projector)
     if m.checkpoint_every < 1:

@@ -5,6 +5,7 @@
 #   STAGE=2 INIT_PROJECTOR=./weights/stage1 sh train.sh
 #   DEEPSPEED=configs/zero3.json sh train.sh
 #   PACKING=1 sh train.sh             # padding-free packing: rows of --max_length tokens (docs/training.md)
+#   QLORA=1 sh train.sh               # stage 2 as QLoRA: LoRA on the LLM loaded in 4-bit NF4 (one 24 GB card)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 sh train.sh   # on each node, its own NODE_RANK
 set -e
 cd "$(dirname "$0")"
@@ -25,6 +26,7 @@ else
     # 2 epochs. (LLaVA-1.5's finetune_lora.sh uses r=128, alpha=256, lr 2e-4, projector lr 2e-5, 1 epoch.)
     RECIPE="--llm_mode lora --lora_rank 128 --lora_dropout 0.1 --target_modules c_attn|w1|w2
             --learning_rate 3e-5 --feature_proj_lr 1e-4 --num_train_epochs 2"
+    if [ -n "$QLORA" ] && [ "$QLORA" != 0 ]; then RECIPE=$(echo "$RECIPE" | sed 's/--llm_mode lora/--llm_mode qlora/'); fi
     if [ -n "$INIT_PROJECTOR" ]; then RECIPE="$RECIPE --init_projector $INIT_PROJECTOR"; fi
 fi
 if [ -n "$DEEPSPEED" ]; then RECIPE="$RECIPE --deepspeed $DEEPSPEED"; fi

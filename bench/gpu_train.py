@@ -3,7 +3,9 @@ and materialised on the GPU), SigLIP-so400m-384-shaped frozen tower (729 tokens)
 c_attn|w1|w2, bf16, SDPA, against transformers' LlavaForConditionalGeneration with peft LoRA r=128 on
 q/k/v/gate/up of the same weights (its LLM converted to Qwen2, weights shared), in the same run. Reports
 tokens/s, MFU and peak memory of both for batch 1/4/8 with activation checkpointing and batch 4 without.
---budget_gib 24 instead tries batch sizes and checkpointing settings and reports the fastest that fits.
+--budget_gib 24 instead tries batch sizes and checkpointing settings and reports the fastest that fits, for LoRA
+on the bf16 LLM and for QLoRA (the LLM's linear layers in NF4 with double quantisation, as --llm_mode qlora loads
+them; needs bitsandbytes).
 
     python bench/gpu_train.py                    # about 5 minutes on one H100
     python bench/gpu_train.py --budget_gib 24    # the fastest setting under 24 GiB (an RTX 3090/4090)
@@ -80,6 +82,29 @@ def build(shape, device, dtype, lora=True):
     if not lora:
         model.config.llm_mode = "frozen"
     return model.apply_trainable_modes()
+
+
+def quantize_llm(model, dtype):
+    """QLoRA's base, in place: every linear layer of the LLM's blocks (c_attn, c_proj, w1, w2) in NF4 with double
+    quantisation, computing in `dtype`; then LoRA on top. Returns the GiB the LLM's weights take."""
+    import bitsandbytes as bnb
+
+    from model.quantization import prepare_for_training
+
+    model.llm = model.llm.unload()  # the plain LoRA rows' adapters off: the base layers are quantised, then LoRA anew
+    for name, module in list(model.llm.named_modules()):
+        if isinstance(module, torch.nn.Linear) and ".h." in name:
+            quantized = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                          compute_dtype=dtype, compress_statistics=True, quant_type="nf4")
+            quantized.weight = bnb.nn.Params4bit(module.weight.data.cpu(), requires_grad=False, quant_type="nf4",
+                                                 compress_statistics=True).to(module.weight.device)
+            if module.bias is not None:
+                quantized.bias = module.bias
+            model.llm.set_submodule(name, quantized)
+    model.llm = prepare_for_training(model.llm)
+    model.config.llm_mode = "lora"
+    model.apply_trainable_modes()
+    return sum(p.numel() * p.element_size() for p in model.llm.parameters()) / 2**30
 
 
 def inputs(model, batch, text, device):
@@ -250,21 +275,27 @@ def main():
         return
     if args.budget_gib:
         rows, best = [], None
-        for batch in (*shape["batches"], 2 * shape["batches"][-1]):
-            for every in (0, 4, 2, 1):
-                r = attempt(lambda b=batch, e=every: train_run(model, b, text, shape["steps"], device, e))
-                if r is None:
-                    rows.append([f"batch {batch}, checkpoint every {every or '-'}", "out of memory", "", ""])
-                    continue
-                tps = batch * (n_img + text) / r[0]
-                fits = not r[1] > args.budget_gib
-                rows.append([f"batch {batch}, checkpoint every {every or '-'}", f"{tps:.0f}", f"{r[1]:.1f} GiB",
-                             "yes" if fits else "no"])
-                if fits and (best is None or tps > best[0]):
-                    best = (tps, batch, every, r[1])
+        del llava  # its LoRA copies are not needed here, and QLoRA replaces the weights they share
+        for mode in ("lora", "qlora"):
+            if mode == "qlora":
+                result["qlora_llm_weights_gib"] = quantize_llm(model, dtype)
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+            for batch in (*shape["batches"], 2 * shape["batches"][-1]):
+                for every in (0, 4, 2, 1):
+                    r = attempt(lambda b=batch, e=every: train_run(model, b, text, shape["steps"], device, e))
+                    label = f"{mode}, batch {batch}, checkpoint every {every or '-'}"
+                    if r is None:
+                        rows.append([label, "out of memory", "", ""])
+                        continue
+                    tps = batch * (n_img + text) / r[0]
+                    fits = not r[1] > args.budget_gib
+                    rows.append([label, f"{tps:.0f}", f"{r[1]:.1f} GiB", "yes" if fits else "no"])
+                    if fits and (best is None or tps > best[0]):
+                        best = (tps, mode, batch, every, r[1])
         print(table(rows, ["ours: setting", "tokens/s", "peak", f"<= {args.budget_gib} GiB"]))
         print(f"fastest within {args.budget_gib} GiB: " + ("none" if best is None else
-              f"batch {best[1]}, checkpoint every {best[2] or '-'}: {best[0]:.0f} tokens/s, {best[3]:.1f} GiB"))
+              f"{best[1]}, batch {best[2]}, checkpoint every {best[3] or '-'}: {best[0]:.0f} tokens/s, "
+              f"{best[4]:.1f} GiB"))
         result["budget"] = {"gib": args.budget_gib, "best": best}
         emit(result)
         return

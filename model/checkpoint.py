@@ -3,7 +3,7 @@
 Our layout (one self-contained folder, loadable from its path alone):
     vlm_config.json          VLMConfig: base models, feature selection, image token, N, dims, template, modes
     projector.safetensors    projector weights
-    adapter_config.json      \\ llm_mode=lora: the peft adapter
+    adapter_config.json      \\ llm_mode=lora or qlora: the peft adapter (qlora: on the base loaded in NF4)
     adapter_model.safetensors/
     llm/                     llm_mode=full: the whole LLM and its tokenizer
     vision/                  vision_mode=full: the whole vision tower and its processor
@@ -22,7 +22,7 @@ from transformers import AutoConfig
 
 from common import atomic_folder
 
-from .config import CONFIG_NAME, VLMConfig
+from .config import CONFIG_NAME, LORA_MODES, VLMConfig
 from .model import VisionLanguageModel
 
 PROJECTOR_WEIGHTS = "projector.safetensors"
@@ -51,7 +51,7 @@ def save_checkpoint(model: VisionLanguageModel, folder: str):
         cfg.save(tmp)
         save_file({k: v.contiguous() for k, v in model.projector.state_dict().items()},
                   os.path.join(tmp, PROJECTOR_WEIGHTS))
-        if cfg.llm_mode == "lora":
+        if cfg.llm_mode in LORA_MODES:
             # the image-token rows added to the embeddings are deterministic, so they need not be saved
             model.llm.save_pretrained(tmp, save_embedding_layers=False)
         elif cfg.llm_mode == "full":
@@ -70,16 +70,18 @@ def require(folder: str, *names: str):
 
 
 def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = None, dtype=torch.float32,
-                    device="cpu", trainable: bool = False) -> VisionLanguageModel:
+                    device="cpu", trainable: bool = False, dequantize: bool = False) -> VisionLanguageModel:
     """Loads a checkpoint folder (ours, or the original project's, told apart by their files).
-    `llm`/`vision` override the base models the checkpoint names, e.g. with local copies."""
+    `llm`/`vision` override the base models the checkpoint names, e.g. with local copies. A qlora checkpoint loads
+    onto its 4-bit base, or with `dequantize` onto that base's dequantised weights in `dtype` (for merging)."""
     require(folder)
     if os.path.exists(os.path.join(folder, LEGACY_PROJECTOR)) and not os.path.exists(
             os.path.join(folder, CONFIG_NAME)):
         return load_legacy_checkpoint(folder, llm, vision, dtype, device)
     require(folder, CONFIG_NAME, PROJECTOR_WEIGHTS)
     config = VLMConfig.load(folder)
-    needed = {"lora": [ADAPTER_CONFIG], "full": [os.path.join(LLM_DIR, "config.json")], "frozen": []}
+    needed = {"lora": [ADAPTER_CONFIG], "qlora": [ADAPTER_CONFIG], "full": [os.path.join(LLM_DIR, "config.json")],
+              "frozen": []}
     require(folder, *needed[config.llm_mode], *([VISION_DIR] if config.vision_mode == "full" else []))
     llm_path = os.path.join(folder, LLM_DIR) if config.llm_mode == "full" else llm or config.llm
     vision_path = os.path.join(folder, VISION_DIR) if config.vision_mode == "full" else vision or config.vision
@@ -91,7 +93,9 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
     model = VisionLanguageModel.build(replace(config), dtype, device, llm_path, vision_path)
     check_vision_matches(config, model.config, vision_path, folder)
     load_projector_file(model, folder)
-    if config.llm_mode == "lora":
+    if config.llm_mode == "qlora" and dequantize:
+        model.llm = model.llm.dequantize(dtype=dtype)
+    if config.llm_mode in LORA_MODES:
         model.llm = PeftModel.from_pretrained(model.llm, folder, is_trainable=trainable)
     return model.eval()
 
@@ -152,7 +156,7 @@ def load_trainable_weights(model: VisionLanguageModel, folder: str):
 
     cfg = model.config
     load_projector_file(model, folder)
-    if cfg.llm_mode == "lora":
+    if cfg.llm_mode in LORA_MODES:
         result = set_peft_model_state_dict(model.llm, load_peft_weights(folder))
         assert not result.unexpected_keys, f"{folder}: adapter weights not in the model: {result.unexpected_keys[:3]}"
     elif cfg.llm_mode == "full":

@@ -11,8 +11,9 @@ CONFIG_NAME = "vlm_config.json"
 MODES = {
     "vision_mode": ("frozen", "full"),
     "projector_mode": ("train", "frozen"),
-    "llm_mode": ("frozen", "lora", "full"),
+    "llm_mode": ("frozen", "lora", "qlora", "full"),
 }
+LORA_MODES = ("lora", "qlora")  # qlora: LoRA on the LLM loaded in 4-bit NF4 (quantization.py)
 
 
 @dataclass

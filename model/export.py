@@ -2,6 +2,10 @@
 
     python -m model.export CHECKPOINT OUTPUT                  # merged: our layout, loadable by test.py
     python -m model.export CHECKPOINT OUTPUT --format llava   # LlavaForConditionalGeneration (+ processor)
+    python -m model.export CHECKPOINT OUTPUT --dtype bf16     # the weights in bf16 (default fp32)
+
+A qlora checkpoint (LoRA on an NF4 base) is dequantised first, then merged: the LoRA update is added to the
+dequantised weights it was trained against, in --dtype, and the output is an ordinary full-precision model.
 
 `--format llava` follows the checkpoint's image layout: `square` and `pad` give LlavaForConditionalGeneration
 (with `pad`, its processor is LlavaImageProcessor(do_pad=True)); `anyres` gives LlavaNextForConditionalGeneration
@@ -40,6 +44,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:
@@ -172,8 +177,11 @@ def serving_state_dict(llava) -> dict:
             for k, v in llava.state_dict().items()}
 
 
-def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=None):
-    model = load_checkpoint(checkpoint, llm=llm, vision=vision)
+def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=None, dtype=torch.float32):
+    model = load_checkpoint(checkpoint, llm=llm, vision=vision, dtype=dtype, dequantize=True)
+    if model.config.llm_mode == "qlora":
+        logger.warning("%s: the LLM's NF4 weights are dequantised to %s, then LoRA is merged into them", checkpoint,
+                       str(dtype).removeprefix("torch."))
     if fmt == "merged":
         save_checkpoint(merge_lora(model), output)
         return
@@ -191,8 +199,10 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=["merged", "llava"], default="merged")
     parser.add_argument("--base_language_model", help="override the base LLM the checkpoint names")
     parser.add_argument("--base_vision_model", help="override the base vision encoder the checkpoint names")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the exported weights' dtype")
     args = parser.parse_args(argv)
-    export(args.checkpoint, args.output, args.format, args.base_language_model, args.base_vision_model)
+    export(args.checkpoint, args.output, args.format, args.base_language_model, args.base_vision_model,
+           DTYPES[args.dtype])
     print(f"wrote {args.output}")
 
 

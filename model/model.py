@@ -19,12 +19,13 @@ from common import IMAGE_MARKER
 from visual import FeatureSelection, load_vision_tower
 
 from .anyres import ImageInputs, pack_features
-from .config import VLMConfig
+from .config import LORA_MODES, VLMConfig
 from .decoding import DECODING_MODES, StaticDecoder
 from .loss import causal_lm_loss
 from .loss import resolve as resolve_loss
 from .processor import VLMProcessor
 from .projector import build_projector
+from .quantization import nf4_config, prepare_for_training
 from .zero3 import gathered
 
 
@@ -77,6 +78,10 @@ class VisionLanguageModel(nn.Module):
         llm_path = llm_path or config.llm
         tokenizer = AutoTokenizer.from_pretrained(llm_path)
         llm_kwargs = {"dtype": dtype}
+        if config.llm_mode == "qlora":  # linear layers in NF4, computing in `dtype` (quantization.py)
+            llm_kwargs["quantization_config"] = nf4_config(dtype)
+            if device is not None:  # 4-bit weights are quantised where they are loaded
+                llm_kwargs["device_map"] = {"": device}
         if attn_implementation and AutoConfig.from_pretrained(llm_path).model_type != "qwen":  # QWen: always SDPA
             llm_kwargs["attn_implementation"] = attn_implementation
         selection = FeatureSelection(config.select_layer, config.select_feature, config.post_layernorm)
@@ -86,7 +91,8 @@ class VisionLanguageModel(nn.Module):
             llm = AutoModelForCausalLM.from_pretrained(llm_path, **llm_kwargs)
             tower = load_vision_tower(vision_path or config.vision, selection, dtype=vision_dtype or dtype)
         if device is not None:
-            llm.to(device)
+            if config.llm_mode != "qlora":
+                llm.to(device)
             tower.to(device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
         config.num_image_tokens = tower.num_patches
@@ -104,7 +110,9 @@ class VisionLanguageModel(nn.Module):
         cfg = self.config
         self.vision_tower.set_trainable(cfg.vision_mode == "full")
         self.projector.requires_grad_(cfg.projector_mode == "train")
-        if cfg.llm_mode == "lora" and not isinstance(self.llm, PeftModel):
+        if cfg.llm_mode in LORA_MODES and not isinstance(self.llm, PeftModel):
+            if cfg.llm_mode == "qlora":
+                self.llm = prepare_for_training(self.llm)
             lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                               target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
             try:
@@ -112,7 +120,7 @@ class VisionLanguageModel(nn.Module):
             except ValueError as e:
                 message = f"LoRA target_modules {cfg.target_modules!r} match no module of {cfg.llm}: {e}"
                 raise ValueError(message) from None
-        elif cfg.llm_mode != "lora":
+        elif cfg.llm_mode not in LORA_MODES:
             self.llm.requires_grad_(cfg.llm_mode == "full")
         return self
 

@@ -191,9 +191,10 @@ def test_open_clip_resnet_tower_gives_grid_tokens(tmp_path):
     from visual.open_clip_tower import OpenCLIPVisionTower
 
     torch.manual_seed(0)
-    clip = CLIP(**TINY_CLIP)
+    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "vocab_size": 32}}  # as WordTokenizer sets it
+    clip = CLIP(**config)
     folder = tmp_path / "rn"
-    tower = OpenCLIPVisionTower(clip.visual, {**TINY_CLIP, "quick_gelu": False}, PREPROCESS, FeatureSelection())
+    tower = OpenCLIPVisionTower(clip.visual, {**config, "quick_gelu": False}, PREPROCESS, FeatureSelection())
     tower.save_pretrained(str(folder))
     imgs = [Image.new("RGB", (96, 96), c) for c in ("red", "blue")]
     last = load_vision_tower(str(folder), FeatureSelection(select_layer=-1))

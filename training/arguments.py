@@ -30,7 +30,8 @@ class ModelArguments:
     image_token: str = field(default="<image>", metadata={"help": "added for LLMs without <|extra_0|>"})
     vision_mode: str = field(default="frozen", metadata={"help": "frozen | full"})
     projector_mode: str = field(default="train", metadata={"help": "train | frozen"})
-    llm_mode: str = field(default="lora", metadata={"help": "frozen | lora | full"})
+    llm_mode: str = field(default="lora", metadata={
+        "help": "frozen | lora | qlora (LoRA on the LLM loaded in 4-bit NF4; needs bitsandbytes) | full"})
     lora_rank: int = field(default=128)
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 x lora_rank"})
     lora_dropout: float = field(default=0.05)
