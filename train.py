@@ -98,6 +98,9 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     """Everything up to the first step; bad input raises FileNotFoundError or ValueError."""
     check_data(data_args)
     bad_sample_limit(args.max_bad_samples, 1)  # validates the flag before any model is loaded
+    if args.fsdp and model_args.llm_mode == "qlora":
+        raise ValueError("--llm_mode qlora does not run under --fsdp (FSDP2 cannot shard bitsandbytes' 4-bit weights): "
+                         "train QLoRA with one process per GPU")
     dtype = resolve_precision(args)
     set_seed(args.seed)  # the projector and LoRA initialisations are random too: a run must be repeatable
     if args.deepspeed:  # ZeRO-3 partitions weights at load: deepspeed.comm must know the processes by then

@@ -4,6 +4,7 @@
 #   STAGE=1 sh train.sh               # stage 1: projector alignment only, everything else frozen
 #   STAGE=2 INIT_PROJECTOR=./weights/stage1 sh train.sh
 #   DEEPSPEED=configs/zero3.json sh train.sh
+#   FSDP=configs/fsdp2.json sh train.sh   # FSDP2: the LLM's blocks and the tower's layers sharded (docs/training.md)
 #   PACKING=1 sh train.sh             # padding-free packing: rows of --max_length tokens (docs/training.md)
 #   QLORA=1 sh train.sh               # stage 2 as QLoRA: LoRA on the LLM loaded in 4-bit NF4 (one 24 GB card)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 sh train.sh   # on each node, its own NODE_RANK
@@ -30,6 +31,7 @@ else
     if [ -n "$INIT_PROJECTOR" ]; then RECIPE="$RECIPE --init_projector $INIT_PROJECTOR"; fi
 fi
 if [ -n "$DEEPSPEED" ]; then RECIPE="$RECIPE --deepspeed $DEEPSPEED"; fi
+if [ -n "$FSDP" ]; then RECIPE="$RECIPE --fsdp --fsdp_config $FSDP"; fi
 if [ -n "$PACKING" ] && [ "$PACKING" != 0 ]; then RECIPE="$RECIPE --packing"; fi
 
 # One process per visible GPU.

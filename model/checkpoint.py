@@ -45,20 +45,27 @@ class LegacyCheckpoint:
     post_layernorm: bool = True
 
 
-def save_checkpoint(model: VisionLanguageModel, folder: str):
+def save_checkpoint(model: VisionLanguageModel, folder: str, state_dict: dict | None = None):
+    """Writes `folder` atomically. `state_dict` (the VLM's weights by name: `projector.*`, `llm.*`, `vision_tower.*`)
+    replaces the model's own tensors where those are shards, as under FSDP: the whole weights, gathered."""
     cfg = model.config
+
+    def part(prefix: str) -> dict | None:
+        return None if state_dict is None else {k[len(prefix):]: v for k, v in state_dict.items()
+                                                if k.startswith(prefix)}
+
     with atomic_folder(folder) as tmp:
         cfg.save(tmp)
-        save_file({k: v.contiguous() for k, v in model.projector.state_dict().items()},
+        save_file({k: v.contiguous() for k, v in (part("projector.") or model.projector.state_dict()).items()},
                   os.path.join(tmp, PROJECTOR_WEIGHTS))
         if cfg.llm_mode in LORA_MODES:
             # the image-token rows added to the embeddings are deterministic, so they need not be saved
-            model.llm.save_pretrained(tmp, save_embedding_layers=False)
+            model.llm.save_pretrained(tmp, save_embedding_layers=False, state_dict=part("llm."))
         elif cfg.llm_mode == "full":
-            model.llm.save_pretrained(os.path.join(tmp, LLM_DIR))
+            model.llm.save_pretrained(os.path.join(tmp, LLM_DIR), state_dict=part("llm."))
             model.tokenizer.save_pretrained(os.path.join(tmp, LLM_DIR))
         if cfg.vision_mode == "full":
-            model.vision_tower.save_pretrained(os.path.join(tmp, VISION_DIR))
+            model.vision_tower.save_pretrained(os.path.join(tmp, VISION_DIR), part("vision_tower."))
 
 
 def require(folder: str, *names: str):

@@ -141,6 +141,13 @@ class VisionLanguageModel(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):  # the pre-5.x name
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The blocks that FSDP shards one by one (accelerate's transformer wrap policy reads this name): the LLM's
+        decoder blocks and the vision tower's layers, as each part's own model class names them."""
+        parts = (m for part in (self.llm, self.vision_tower) for m in part.modules())
+        return list(dict.fromkeys(name for m in parts for name in getattr(m, "_no_split_modules", None) or []))
+
     # ---- forward ----
 
     def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:

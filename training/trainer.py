@@ -5,6 +5,8 @@
 - checkpoints are complete or absent: written into a hidden sibling, renamed in when every process is done
 - resume restores the trained weights from that folder (optimizer, scheduler, RNG and data order are
   the Trainer's own); under DeepSpeed the engine's checkpoint holds only the trained weights
+- FSDP2 (`--fsdp` with `configs/fsdp2.json`) shards the LLM's blocks and the tower's layers one by one; the
+  checkpoints hold the whole trained weights, gathered; on the CPU (gloo) too, where accelerate would not shard
 - bad samples, non-finite losses and preemption signals follow the rules of training/health.py
 - length grouping uses the dataset's estimated lengths instead of tokenising the whole dataset; packed rows
   (dataset/packing.py) are grouped by their token counts
@@ -19,11 +21,12 @@ import shutil
 import time
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object, save_fsdp_optimizer
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import Trainer
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -57,6 +60,19 @@ def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float
     return list(groups.values())
 
 
+def fsdp_summary(model: nn.Module, world_size: int) -> str:
+    """One line: which modules FSDP sharded on their own, and how much of the model this process holds."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    units = [type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)]
+    counts = ", ".join(f"{n} x {units.count(n)}" for n in dict.fromkeys(units))
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())
+    whole = sum(p.numel() for p in model.parameters())
+    return f"FSDP2: {len(units)} modules sharded over {world_size} processes ({counts}); this process holds " \
+           f"{held:,} of {whole:,} parameters"
+
+
 class VLMTrainer(Trainer):
     def __init__(self, *args, callbacks=None, **kwargs):
         super().__init__(*args, callbacks=[RunHealth(), *(callbacks or [])], **kwargs)
@@ -68,6 +84,20 @@ class VLMTrainer(Trainer):
         self._step_throughput = [0.0, 0.0, 0.0]  # the same, all processes, of the last step
         self._logged_throughput = [0.0, 0.0, 0.0]  # ... since the last training log
         self._throughput_since = None
+
+    def create_accelerator_and_postprocess(self):
+        """accelerate turns FSDP on for accelerators only; on the CPU (`--use_cpu`, gloo) it would quietly run plain
+        DDP instead. FSDP2's fully_shard runs there as well, so it is turned on here too: the same sharding, saving
+        and resuming as on GPUs, testable on the CPU."""
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled \
+                and state.distributed_type == DistributedType.MULTI_CPU:
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            state.distributed_type = DistributedType.FSDP
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            self.is_fsdp_enabled = True
 
     @property
     def health(self) -> RunHealth:
@@ -185,6 +215,14 @@ class VLMTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
         cfg = model.config
+        if self.is_fsdp_enabled:  # FSDP: each process holds a shard of each weight; gather the whole ones on the main
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                       ignore_frozen_params=cfg.projector_mode == "train")  # frozen ones: base models
+            state = get_model_state_dict(model, options=options)
+            if self.args.should_save:
+                save_checkpoint(model, output_dir, state)
+            self.accelerator.wait_for_everyone()
+            return
         saved = [p for n, p in model.named_parameters()
                  if p.requires_grad or n.startswith(PROJECTOR_PREFIX)
                  or (cfg.llm_mode == "full" and n.startswith("llm."))
@@ -233,19 +271,38 @@ class VLMTrainer(Trainer):
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
+    def _save_optimizer_and_scheduler(self, output_dir: str):
+        """Under FSDP the Trainer would also torch.save the whole model, frozen base included, for its own resume;
+        save_model has already written the trained weights, which is what resume loads. So: optimizer and scheduler."""
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        plugin = self.accelerator.state.fsdp_plugin
+        save_fsdp_optimizer(plugin, self.accelerator, self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
     def save_run_state(self, folder: str):
         """trainer_state.json of the finished run, its fault record included."""
         self.state.stateful_callbacks[type(self.health).__name__] = self.health.state()
         self.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.is_fsdp_enabled:  # already loaded, before sharding (_prepare_for_training)
+            return
         load_trainable_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
 
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
         """Under DeepSpeed the engine saves and reloads only the trained weights: the frozen ones (7B of them
-        for a LoRA run) come from the base models, not from every checkpoint."""
+        for a LoRA run) come from the base models, not from every checkpoint. Under FSDP the trained weights are
+        loaded before the model is sharded, which keeps them (the optimizer state is loaded after, as the Trainer
+        does)."""
+        if self.is_fsdp_enabled and resume_from_checkpoint is not None:
+            load_trainable_weights(self.model, resume_from_checkpoint)
         if not self.is_deepspeed_enabled:
-            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+            prepared = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+            if self.is_fsdp_enabled and self.is_world_process_zero():
+                logger.warning(fsdp_summary(self.model, self.args.world_size))
+            return prepared
         model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
         engine = self.model_wrapped
         engine.save_checkpoint = functools.partial(engine.save_checkpoint, exclude_frozen_parameters=True)

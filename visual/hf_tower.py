@@ -62,7 +62,9 @@ class HFVisionTower(VisionTower):
             hidden = inner.post_layernorm(hidden)
         return hidden
 
-    def save_pretrained(self, folder: str):
-        self.vision_model.save_pretrained(folder)
+    def save_pretrained(self, folder: str, state_dict: dict | None = None):
+        if state_dict is not None:
+            state_dict = {k.removeprefix("vision_model."): v for k, v in state_dict.items()}
+        self.vision_model.save_pretrained(folder, state_dict=state_dict)
         self.image_processor.processor.save_pretrained(folder)
 

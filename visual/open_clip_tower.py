@@ -103,9 +103,11 @@ class OpenCLIPVisionTower(VisionTower):
             return grid
         return torch.cat([out["image_intermediates_prefix"][0], grid], dim=1)  # (B, prefix + grid, D)
 
-    def save_pretrained(self, folder: str):
+    def save_pretrained(self, folder: str, state_dict: dict | None = None):
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, OPEN_CLIP_CONFIG), "w") as f:
             json.dump({"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg}, f, indent=2)
-        state = {k: v.contiguous() for k, v in self.visual.state_dict().items()}
+        if state_dict is not None:
+            state_dict = {k.removeprefix("visual."): v for k, v in state_dict.items()}
+        state = {k: v.contiguous() for k, v in (state_dict or self.visual.state_dict()).items()}
         save_file(state, os.path.join(folder, OPEN_CLIP_WEIGHTS))

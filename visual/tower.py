@@ -76,5 +76,7 @@ class VisionTower(nn.Module):
     def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def save_pretrained(self, folder: str):
+    def save_pretrained(self, folder: str, state_dict: dict | None = None):
+        """Writes the tower as a folder `load_vision_tower` reads; `state_dict` (names as in this module, without
+        its own prefix) replaces the module's tensors, e.g. with the whole weights gathered from FSDP shards."""
         raise NotImplementedError
