@@ -1,14 +1,14 @@
 #!/bin/sh
-# GPU smoke check, for a fresh CUDA machine (about 4 minutes on one GPU): the CPU demo's --quick run on
-# CUDA, train.sh stage 1 then stage 2 from its projector, stage 2 under DeepSpeed ZeRO-2 and ZeRO-3 with
-# the shipped configs, and eval.py on every checkpoint saved. Prints one table of PASS/FAIL with timings;
-# exits 0 when every step passed. The logs stay in the work folder it names.
+# GPU smoke check, for a fresh CUDA machine (about 5 minutes on one GPU): the CPU demo's --quick run on
+# CUDA, train.sh stage 1 then stage 2 from its projector, stage 2 under DeepSpeed ZeRO-2 and ZeRO-3 and
+# FSDP2 with the shipped configs, stage 2 as QLoRA, and eval.py on every checkpoint saved. Prints one table
+# of PASS/FAIL with timings; exits 0 when every step passed. The logs stay in the work folder it names.
 #
 #   sh scripts/gpu_check.sh              # on a CUDA machine
 #   sh scripts/gpu_check.sh --dry-run    # the same steps on the CPU, shortest runs (what CI runs)
 #
-# Needs torch, transformers, peft, accelerate, deepspeed, open_clip_torch, tiktoken and the rest of
-# requirements.txt (docs/training.md "GPU smoke check" lists the wheels to bring to a machine without them).
+# Needs torch, transformers, peft, accelerate, deepspeed, bitsandbytes, open_clip_torch, tiktoken and the rest
+# of requirements.txt (docs/training.md "GPU smoke check" lists the wheels to bring to a machine without them).
 # PYTHON picks the interpreter (default: .venv/bin/python when there is one, else python3); WORK the folder.
 set -u
 cd "$(dirname "$0")/.."
@@ -33,6 +33,7 @@ if [ "$DRY_RUN" = 1 ]; then
     export CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     DEVICE_FLAGS="--use_cpu true"
     STEPS=4
+    FSDP_PROCESSES=2  # FSDP shards over processes: two on the CPU (gloo)
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
         echo "error: no CUDA GPU is visible to $PYTHON (use --dry-run to check the steps on the CPU)" >&2
@@ -40,6 +41,7 @@ else
     fi
     DEVICE_FLAGS=""
     STEPS=30
+    FSDP_PROCESSES=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
 fi
 
 TABLE="$WORK/results.txt"
@@ -64,7 +66,7 @@ step() {
 environment() {
     "$PYTHON" - <<'EOF'
 import importlib, torch
-for name in ("torch", "transformers", "peft", "accelerate", "deepspeed", "open_clip", "tiktoken"):
+for name in ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "open_clip", "tiktoken"):
     print(name, importlib.import_module(name).__version__)
 print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
       "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "")
@@ -79,8 +81,8 @@ TEST_DATA="$DATA/test/processed"
 train_stage() {  # train_stage STAGE OUTPUT [VAR=value ...]: train.sh on the demo's tiny bases and data
     stage=$1 output=$2
     shift 2
-    env "$@" STAGE="$stage" OUTPUT_DIR="$output" LLM="$BASE/llm" VISION="$BASE/vision" \
-        IMAGE_MAP="$TRAIN_DATA/image_map.json" CAPTIONS="$TRAIN_DATA/captions.json" NPROC_PER_NODE=1 \
+    env NPROC_PER_NODE=1 "$@" STAGE="$stage" OUTPUT_DIR="$output" LLM="$BASE/llm" VISION="$BASE/vision" \
+        IMAGE_MAP="$TRAIN_DATA/image_map.json" CAPTIONS="$TRAIN_DATA/captions.json" \
         MASTER_PORT=$((29600 + N)) \
         sh train.sh --max_steps "$STEPS" --save_steps "$STEPS" --logging_steps 1 --report_to none \
         --lora_rank 8 --per_device_train_batch_size 8 --dataloader_num_workers 2 $DEVICE_FLAGS
@@ -102,6 +104,11 @@ step "train.sh DEEPSPEED=configs/zero2.json" train_stage 2 "$WORK/zero2" DEEPSPE
 step "eval.py ZeRO-2 checkpoint-$STEPS" evaluate "$WORK/zero2/checkpoint-$STEPS"
 step "train.sh DEEPSPEED=configs/zero3.json" train_stage 2 "$WORK/zero3" DEEPSPEED=configs/zero3.json
 step "eval.py ZeRO-3 checkpoint-$STEPS" evaluate "$WORK/zero3/checkpoint-$STEPS"
+step "train.sh FSDP=configs/fsdp2.json" train_stage 2 "$WORK/fsdp2" FSDP=configs/fsdp2.json \
+    NPROC_PER_NODE="$FSDP_PROCESSES"
+step "eval.py FSDP2 checkpoint-$STEPS" evaluate "$WORK/fsdp2/checkpoint-$STEPS"
+step "train.sh QLORA=1" train_stage 2 "$WORK/qlora" QLORA=1
+step "eval.py QLoRA" evaluate "$WORK/qlora"
 
 echo
 echo "| step | result | time | log |"

@@ -2,11 +2,11 @@
 and every flag the documentation shows with a command (in the code blocks of README.md, README_zh.md and
 docs/) is in that command's help."""
 
+import json
 import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,22 +35,46 @@ OTHER_TOOLS = {"--no-deps", "--no-index", "--find-links", "--no-build-isolation"
                "--enforce-eager", "--model", "--signal", "--requeue", "--question-file", "--flags"}
 
 
-def command_line(entry: list[str]) -> list[str]:
-    return entry if entry[0] == "sh" else [sys.executable, *entry]
+# Runs each Python entry point's `--help` as `python FILE --help` or `python -m MODULE --help` would, one after the
+# other in one fresh interpreter, so that torch and transformers are imported once instead of once per entry point.
+HELP_DRIVER = """
+import contextlib, io, json, runpy, sys, traceback
+results = {}
+for entry in json.loads(sys.argv[1]):
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [entry[-1], "--help"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if entry[0] == "-m":
+                runpy.run_module(entry[1], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(entry[0], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            code, _ = 1, traceback.print_exc()
+    results[" ".join(entry)] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(results))
+"""
 
 
 @pytest.fixture(scope="module")
 def helps() -> dict[str, subprocess.CompletedProcess]:
-    """`--help` of every entry point, two at a time (each imports torch and transformers)."""
-    entries = {tuple(e) for e in ENTRY_POINTS.values()}
+    """`--help` of every entry point: the Python ones in one fresh interpreter (HELP_DRIVER), the shell scripts as
+    they are."""
+    entries = sorted({tuple(e) for e in ENTRY_POINTS.values()})
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-
-    def run(entry):
-        return entry, subprocess.run([*command_line(list(entry)), "--help"], cwd=ROOT, env=env, capture_output=True,
-                                     text=True, timeout=180)
-
-    with ThreadPoolExecutor(2) as pool:
-        return {" ".join(entry): result for entry, result in pool.map(run, sorted(entries))}
+    python = [list(e) for e in entries if e[0] != "sh"]
+    driver = subprocess.run([sys.executable, "-c", HELP_DRIVER, json.dumps(python)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    found = {name: subprocess.CompletedProcess(name, code, out, err)
+             for name, (code, out, err) in json.loads(driver.stdout.strip().splitlines()[-1]).items()}
+    for entry in entries:
+        if entry[0] == "sh":
+            found[" ".join(entry)] = subprocess.run([*entry, "--help"], cwd=ROOT, env=env, capture_output=True,
+                                                    text=True, timeout=180)
+    return found
 
 
 def flags_in(text: str, found: dict[str, set[str]]) -> dict[str, set[str]]:

@@ -1,16 +1,12 @@
 """The CPU demo: the synthetic task follows its spec, eval.py scores correctly, a short demo runs."""
 
-import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import eval as evaluate
 from demo.synthetic import BACKGROUND, COLORS, MIN_GAP, SIDE, answer, render, sample_scene
-from model import IMAGE_MARKER
 
 
 @pytest.mark.parametrize("size", [64, 96, 256])
@@ -88,23 +84,3 @@ def test_device_and_dtype_choice():
     assert pick_dtype("bf16", cpu) == torch.bfloat16 and pick_dtype("fp16", cpu) == torch.float16
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         assert pick_device("auto") == cpu
-
-
-def test_short_demo_runs_end_to_end_and_learns(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "weights"
-    result = subprocess.run([sys.executable, "-m", "demo.run", "--quick", "--data_dir", str(data),
-                             "--output_dir", str(out)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(summary["per_source"]) == {"zh", "en", "chat", "second_image"} and 0 <= summary["exact_match"] <= 1
-    assert summary["clip_steps"] == 20 and 0 <= summary["zero_shot_top1"] <= 1  # stage 0 ran
-    assert (tmp_path / "weights_base" / "clip_loss.png").exists()
-    assert (tmp_path / "weights_base" / "vision" / "open_clip_vision.safetensors").exists()
-    assert all(f"[{k}/7]" in result.stdout for k in range(1, 8))
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    losses = [h["loss"] for h in history if "loss" in h]
-    assert losses[-1] < 0.5 * losses[0]
-    for name in ("loss.png", "heldout_grid.png", "eval_results.json", "vlm_config.json"):
-        assert (out / name).exists(), name
-    questions = [json.loads(line)["question"] for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
-    assert any(q.startswith(IMAGE_MARKER) for q in questions) and any(q.endswith(IMAGE_MARKER) for q in questions)
