@@ -22,6 +22,7 @@ ENTRY_POINTS = {
     "bench/cpu_train.py": ["bench/cpu_train.py"], "bench/cpu_generate.py": ["bench/cpu_generate.py"],
     "bench/data_pipeline.py": ["bench/data_pipeline.py"], "bench/gpu_train.py": ["bench/gpu_train.py"],
     "bench/gpu_generate.py": ["bench/gpu_generate.py"], "bench/cpu_anyres.py": ["bench/cpu_anyres.py"],
+    "bench/memory_estimate.py": ["bench/memory_estimate.py"],
     "scripts/check_vllm.py": ["scripts/check_vllm.py"],
     "sh scripts/gpu_check.sh": ["sh", "scripts/gpu_check.sh"],
     "sh scripts/check_vllm.sh": ["sh", "scripts/check_vllm.sh"],
@@ -32,7 +33,7 @@ INVOCATION = re.compile(rf"(?:{PYTHON} (-m [\w.]+|[\w/]+\.py)|(sh (?:scripts/)?[
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
 # flags the docs show for other programs: pip, vLLM, Slurm, LLaVA's eval_pope.py; and the word "--flags"
 OTHER_TOOLS = {"--no-deps", "--no-index", "--find-links", "--no-build-isolation", "--served-model-name",
-               "--enforce-eager", "--model", "--signal", "--requeue", "--question-file", "--flags"}
+               "--enforce-eager", "--model", "--signal", "--requeue", "--question-file", "--flags", "--nproc_per_node"}
 
 
 # Runs each Python entry point's `--help` as `python FILE --help` or `python -m MODULE --help` would, one after the

@@ -146,3 +146,34 @@ def test_qlora_without_bitsandbytes_says_so(setup, tmp_path, monkeypatch, capsys
     assert train.main(argv(setup, tmp_path / "x", "--llm_mode", "qlora")) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --llm_mode qlora needs bitsandbytes, which is not installed: pip install bitsandbytes")
+
+
+def test_the_memory_estimate_counts_what_loading_allocates(tmp_path):
+    """bench/memory_estimate.py's arithmetic against real models of the tests' tiny shape: the NF4 base's bytes as
+    transformers and bitsandbytes allocate them (after peft's preparation), and LoRA's parameter count."""
+    from bench.gpu_train import SHAPES
+    from bench.memory_estimate import lora_config, parameter_counts, weight_bytes
+    from model.quantization import nf4_config, prepare_for_training
+    from qwen import QWenConfig, QWenLMHeadModel
+
+    shape = SHAPES["tiny"]
+    counts = parameter_counts(shape, rank=8)
+    QWenLMHeadModel(QWenConfig(**shape["llm"])).save_pretrained(tmp_path / "llm")
+    from transformers import AutoModelForCausalLM
+
+    llm = prepare_for_training(AutoModelForCausalLM.from_pretrained(
+        tmp_path / "llm", quantization_config=nf4_config(torch.float32), dtype=torch.float32))
+    allocated = 0
+    for module in llm.modules():
+        for p in module.parameters(recurse=False):
+            allocated += p.numel() * p.element_size()
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            allocated += state.absmax.numel() * state.absmax.element_size() + state.state2.absmax.numel() * 4
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in llm.modules()) == 5 * shape["llm"]["num_hidden_layers"]
+    assert weight_bytes(counts, "nf4") == pytest.approx(allocated, rel=0.01)
+    from peft import get_peft_model
+
+    lora = sum(p.numel() for n, p in get_peft_model(llm, lora_config(8)).named_parameters() if "lora_" in n)
+    assert counts["lora"] == lora and counts["llm"] == sum(p.numel() for p in QWenLMHeadModel(
+        QWenConfig(**shape["llm"])).parameters())
