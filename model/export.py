@@ -166,6 +166,11 @@ def to_llava_model(model: VisionLanguageModel):
             owner, _, leaf = name.rpartition(".")
             llava.get_submodule(owner)._buffers[leaf] = ours[name]
     llava.generation_config = GenerationConfig(eos_token_id=model.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
+    end_of_turn = model.processor.end_of_turn_id
+    if end_of_turn is not None and tokenizer.eos_token_id != end_of_turn:
+        # a chat model's reply ends there, so that is its EOS (as in Qwen2-Instruct's tokenizer): tools that stop at
+        # tokenizer.eos_token_id rather than the generation config (lmms-eval's llava_hf) stop after the answer too
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end_of_turn)
     return llava, tokenizer
 
 

@@ -34,3 +34,9 @@ if ! "$PY" -c "import deepspeed" >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation $DEEPSPEED_SPEC
 fi
+# The project itself, editable and without dependencies (requirements-dev.txt brought them): this registers the
+# lmms_eval.models entry point, so `python -m lmms_eval --model vlm` finds evaluation/lmms_model.py.
+if ! "$PY" -c "from importlib.metadata import entry_points as e; import sys; sys.exit(not e(group='lmms_eval.models', name='vlm'))" 2>/dev/null; then
+    echo "setup_venv: registering the project with lmms-eval (pip install --no-deps -e .)"
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO_ROOT"
+fi
