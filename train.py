@@ -11,11 +11,12 @@ import re
 import sys
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, IntervalStrategy, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from common.cli import fail
 from dataset import DataUnavailable, PackedDataset, VLMCollator, VLMDataset
+from evaluation.conversations import eval_items
 from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
 from model.loss import resolve as resolve_loss
@@ -27,14 +28,28 @@ from training.plot import plot_loss
 from training.trainer import VLMTrainer
 
 
-def check_data(data: DataArguments):
-    """Fails before any model is loaded when the data files are missing or empty."""
+def check_data(data: DataArguments, args: VLMTrainingArguments) -> list[dict]:
+    """Fails before any model is loaded when the data files are missing or empty, or the held-out files are missing,
+    malformed or not asked for consistently. Returns the held-out conversations to answer at each evaluation."""
     for path in (data.image_map, data.captions_file):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path} (run process_image.py first)")
     with open(data.captions_file, encoding="utf-8") as f:
         if not json.load(f):
             raise ValueError(f"{data.captions_file} holds no samples")
+    held_out = bool(data.eval_image_map or data.eval_captions_file)
+    if held_out and not (data.eval_image_map and data.eval_captions_file):
+        raise ValueError("--eval_image_map and --eval_captions_file go together")
+    evaluates = args.eval_strategy != IntervalStrategy.NO
+    if evaluates != held_out:
+        raise ValueError("evaluation during training needs both --eval_strategy (steps or epoch) and held-out data "
+                         "(--eval_image_map and --eval_captions_file)")
+    if args.eval_generate and not held_out:
+        raise ValueError("--eval_generate needs held-out data (--eval_image_map and --eval_captions_file)")
+    if args.load_best_model_at_end and args.fsdp:
+        raise ValueError("--load_best_model_at_end is not supported with --fsdp: pick the best checkpoint-N by its "
+                         "eval metrics in trainer_state.json")
+    return eval_items(data.eval_image_map, data.eval_captions_file)[: args.eval_generate] if held_out else []
 
 
 def resolve_precision(args: VLMTrainingArguments) -> torch.dtype:
@@ -96,7 +111,7 @@ def resume_point(args: VLMTrainingArguments) -> str | None:
 def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments, argv,
             callbacks) -> tuple[VLMTrainer, str | None]:
     """Everything up to the first step; bad input raises FileNotFoundError or ValueError."""
-    check_data(data_args)
+    heldout = check_data(data_args, args)
     bad_sample_limit(args.max_bad_samples, 1)  # validates the flag before any model is loaded
     if args.fsdp and model_args.llm_mode == "qlora":
         raise ValueError("--llm_mode qlora does not run under --fsdp (FSDP2 cannot shard bitsandbytes' 4-bit weights): "
@@ -123,7 +138,13 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
         args.activation_checkpointing = n_params >= 1e9
     if args.report_to == [] and "--report_to" not in (argv or sys.argv) and importlib.util.find_spec("tensorboard"):
         args.report_to = ["tensorboard"]
-    trainer = VLMTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
+    eval_dataset = None
+    if data_args.eval_captions_file:  # the held-out loss, at the labelled positions as the training loss
+        eval_dataset = VLMDataset(data_args.eval_image_map, data_args.eval_captions_file, model.processor,
+                                  data_args.max_length, seed=args.seed, cache_images=data_args.cache_images)
+        args.prediction_loss_only = True
+    trainer = VLMTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, heldout=heldout,
+                         callbacks=callbacks,
                          data_collator=VLMCollator(model.tokenizer.pad_token_id or model.stop_token_ids[0]))
     return trainer, resume_point(args)
 
@@ -136,8 +157,8 @@ def one_sentence(error: Exception) -> str:
 
 def main(argv=None, callbacks=None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments))
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-    try:
+    try:  # the Trainer's own checks of its flags (--load_best_model_at_end with unlike strategies...): one sentence
+        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
         trainer, resume = prepare(model_args, data_args, args, argv, callbacks)
     except (FileNotFoundError, ValueError) as e:
         return fail(e)

@@ -7,6 +7,7 @@ import torch
 
 import eval as evaluate
 from demo.synthetic import BACKGROUND, COLORS, MIN_GAP, SIDE, answer, render, sample_scene
+from evaluation import conversations
 
 
 @pytest.mark.parametrize("size", [64, 96, 256])
@@ -48,14 +49,14 @@ def test_answers_list_shapes_left_to_right():
 def test_eval_scores_a_hand_made_set():
     predictions = ["the cat sat on the mat", "红色和蓝色", "a red circle", "  红色  "]
     references = ["the cat sat on a mat", "红色和蓝色", "a red circle", "红色"]
-    results = evaluate.score(predictions, references, ["en", "zh", "en", "zh"])
+    results = conversations.score(predictions, references, ["en", "zh", "en", "zh"])
     assert results["n"] == 4 and results["exact_match"] == 0.75
     assert results["per_source"]["zh"]["exact_match"] == 1.0 and results["per_source"]["en"]["exact_match"] == 0.5
     # BLEU-4 of one sentence: precisions 5/6, 3/5, 2/4, 1/3, same length -> (1/12) ** (1/4)
-    alone = evaluate.score(predictions[:1], references[:1], ["en"])
+    alone = conversations.score(predictions[:1], references[:1], ["en"])
     assert alone["bleu4"] == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, abs=1e-6)
-    assert evaluate.score(["红色和蓝色"], ["红色和蓝色"], ["zh"])["bleu4"] == pytest.approx(1.0, abs=1e-6)
-    assert evaluate.tokenize("红色和 Blue!") == "红 色 和 blue !"
+    assert conversations.score(["红色和蓝色"], ["红色和蓝色"], ["zh"])["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert conversations.tokenize("红色和 Blue!") == "红 色 和 blue !"
 
 
 def test_eval_rejects_bad_input(tmp_path, capsys):

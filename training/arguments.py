@@ -61,6 +61,10 @@ class DataArguments:
     packing_buffer: int = field(default=DEFAULT_BUFFER, metadata={
         "help": "--packing: samples per first-fit-decreasing window of the shuffled order"})
     system_prompt: str | None = field(default=None, metadata={"help": "default: the chat template's own"})
+    eval_image_map: str | None = field(default=None, metadata={
+        "help": "held-out conversations (with --eval_captions_file) for evaluation during training: --eval_strategy "
+                "steps --eval_steps N gives their loss, --eval_generate their answers' scores"})
+    eval_captions_file: str | None = field(default=None, metadata={"help": "see --eval_image_map"})
     cache_images: bool = field(default=False, metadata={
         "help": "keep each image's processed pixels in memory once loaded, in every DataLoader worker (with "
                 "--dataloader_persistent_workers true, across epochs): for data sets that fit in RAM"})
@@ -86,5 +90,9 @@ class VLMTrainingArguments(TrainingArguments):
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "steps in a row with a NaN/inf loss (each skipped) before the run stops"}
     )
+    eval_generate: int = field(default=0, metadata={
+        "help": "at each evaluation, answer the first N held-out conversations greedily and score them (exact match, "
+                "BLEU-4/CIDEr/ROUGE-L with pycocoevalcap): eval_exact_match, ... (0: the loss only)"})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "--eval_generate: the longest answer, in tokens"})
     # the Trainer's defaults that do not fit a VLM
     remove_unused_columns: bool = field(default=False)

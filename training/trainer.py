@@ -11,6 +11,9 @@
 - length grouping uses the dataset's estimated lengths instead of tokenising the whole dataset; packed rows
   (dataset/packing.py) are grouped by their token counts
 - every training log line carries samples/s, tokens/s and the padding fraction since the last one
+- evaluation (`--eval_strategy steps` with held-out data) gives the held-out loss at the labelled positions, as the
+  training loss, and with `--eval_generate N` greedy answers scored as eval.py scores them (heldout.py); the best
+  checkpoint (`--load_best_model_at_end`) is one of ours, loaded as resume loads one
 """
 
 import functools
@@ -25,17 +28,18 @@ from accelerate.utils import DistributedType, gather_object, save_fsdp_optimizer
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import Trainer
-from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint, is_deepspeed_zero3_enabled
 from transformers.trainer import SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
 from model.checkpoint import load_trainable_weights, save_checkpoint
 from model.zero3 import gathered
 
 from .checkpoints import publish, staging_folder
 from .health import PreemptionSignal, RunHealth, bad_sample_limit
+from .heldout import EvaluationReport, heldout_loss, heldout_metrics
 
 PROJECTOR_PREFIX = "projector."
 logger = logging.getLogger(__name__)
@@ -74,8 +78,9 @@ def fsdp_summary(model: nn.Module, world_size: int) -> str:
 
 
 class VLMTrainer(Trainer):
-    def __init__(self, *args, callbacks=None, **kwargs):
-        super().__init__(*args, callbacks=[RunHealth(), *(callbacks or [])], **kwargs)
+    def __init__(self, *args, callbacks=None, heldout: list[dict] | None = None, **kwargs):
+        super().__init__(*args, callbacks=[RunHealth(), EvaluationReport(), *(callbacks or [])], **kwargs)
+        self.heldout = heldout or []  # held-out conversations answered at each evaluation (evaluation.conversations)
         self.preemption = PreemptionSignal()
         self._step_reports = []  # (sample ids, finite flag) of this optimizer step's micro-batches
         self._new_bad_samples = []  # (id, why) seen by this process since the last step end
@@ -133,11 +138,11 @@ class VLMTrainer(Trainer):
         sample_ids = inputs.pop("sample_ids", [])
         self._new_bad_samples += inputs.pop("skipped", [])
         num_tokens = inputs.pop("num_tokens", 0)
-        if model.training:
-            self._throughput += torch.tensor([len(sample_ids), num_tokens, inputs["input_ids"].numel()])
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = result[0] if return_outputs else result
-        self._step_reports.append((sample_ids, torch.isfinite(loss.detach()).all()))
+        if model.training:  # evaluation batches neither count as throughput nor take part in the step's checks
+            self._throughput += torch.tensor([len(sample_ids), num_tokens, inputs["input_ids"].numel()])
+            loss = result[0] if return_outputs else result
+            self._step_reports.append((sample_ids, torch.isfinite(loss.detach()).all()))
         return result
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -208,6 +213,34 @@ class VLMTrainer(Trainer):
         seconds = now - since
         return {"samples_per_second": round(samples / seconds, 3), "tokens_per_second": round(tokens / seconds, 1),
                 "padding_fraction": round(1 - tokens / slots, 4)}
+
+    # ---- evaluation ----
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The held-out loss, the exact token mean over the held-out set, and the held-out answers' scores (heldout.py):
+        each process takes its share of the samples (the Trainer's loop averages batch means instead, which depends
+        on the batch size and the number of processes)."""
+        model, args = self.accelerator.unwrap_model(self.model), self.args
+        share = dict(process_index=args.process_index, world_size=args.world_size, synced=is_deepspeed_zero3_enabled())
+        with self.autocast_smart_context_manager():
+            metrics = {"loss": heldout_loss(model, self.eval_dataset, self.data_collator,
+                                            args.per_device_eval_batch_size, args.device, **share)}
+            if self.heldout:
+                metrics |= heldout_metrics(model, self.heldout, args.per_device_eval_batch_size,
+                                           args.eval_max_new_tokens, **share)
+        return EvalLoopOutput(predictions=None, label_ids=None, num_samples=len(self.eval_dataset),
+                              metrics={f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
+
+    def _load_best_model(self):
+        """The best checkpoint is one of ours: its trained weights are loaded in place, as resume does."""
+        best = self.state.best_model_checkpoint
+        logger.warning("loading the best checkpoint, %s (%s %s)", best, self.args.metric_for_best_model,
+                       self.state.best_metric)
+        if self.is_deepspeed_enabled:
+            deepspeed_load_checkpoint(self.model_wrapped, best, load_module_strict=False)
+        else:
+            load_trainable_weights(self.accelerator.unwrap_model(self.model), best)
 
     # ---- checkpoints ----
 
