@@ -29,7 +29,9 @@ def evaluations(run_dir) -> list[dict]:
 def test_held_out_loss_and_answers_at_each_evaluation_and_the_best_checkpoint_kept(setup, tmp_path, capsys):
     run = tmp_path / "run"
     # "best" by the highest held-out loss, so that it is the first evaluation's checkpoint, not the last one
+    # group_by_length as train.sh sets it (the Trainer's own eval sampler would then encode every held-out sample)
     assert train.main(argv(setup, run, *setup["heldout"], *EVAL, "--llm_mode", "full", "--save_steps", "10",
+                           "--train_sampling_strategy", "group_by_length",
                            "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss",
                            "--greater_is_better", "true", steps=40)) == 0
     err = capsys.readouterr().err

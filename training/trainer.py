@@ -27,6 +27,7 @@ import torch
 from accelerate.utils import DistributedType, gather_object, save_fsdp_optimizer
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint, is_deepspeed_zero3_enabled
 from transformers.trainer import SCHEDULER_NAME, TRAINER_STATE_NAME
@@ -353,3 +354,8 @@ class VLMTrainer(Trainer):
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=dataset.lengths)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """evaluation_loop takes the held-out samples by index itself; the Trainer's length grouping here would encode
+        every held-out sample (images included) just to measure it."""
+        return SequentialSampler(eval_dataset)
