@@ -15,7 +15,7 @@ from transformers import HfArgumentParser, IntervalStrategy, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from common.cli import fail
-from dataset import DataUnavailable, PackedDataset, VLMCollator, VLMDataset
+from dataset import DataUnavailable, Mixture, PackedDataset, VLMCollator, VLMDataset, read_mixture, stale_reason
 from evaluation.conversations import eval_items
 from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
@@ -31,12 +31,16 @@ from training.trainer import VLMTrainer
 def check_data(data: DataArguments, args: VLMTrainingArguments) -> list[dict]:
     """Fails before any model is loaded when the data files are missing or empty, or the held-out files are missing,
     malformed or not asked for consistently. Returns the held-out conversations to answer at each evaluation."""
-    for path in (data.image_map, data.captions_file):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data file not found: {path} (run process_image.py first)")
-    with open(data.captions_file, encoding="utf-8") as f:
-        if not json.load(f):
-            raise ValueError(f"{data.captions_file} holds no samples")
+    if data.data_mixture:
+        read_mixture(data.data_mixture)
+    else:
+        for path in (data.image_map, data.captions_file):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"data file not found: {path} (run process_image.py first)")
+        if stale_reason(data.image_map, data.captions_file) is not None or not data.data_store:
+            with open(data.captions_file, encoding="utf-8") as f:
+                if not json.load(f):
+                    raise ValueError(f"{data.captions_file} holds no samples")
     held_out = bool(data.eval_image_map or data.eval_captions_file)
     if held_out and not (data.eval_image_map and data.eval_captions_file):
         raise ValueError("--eval_image_map and --eval_captions_file go together")
@@ -125,11 +129,14 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     model = build_model(model_args, data_args, dtype)
     if is_deepspeed_zero3_enabled():  # weights were partitioned at load; buffers are still on the CPU
         place_buffers(model, args.device)
+    mixture = Mixture.read(data_args.data_mixture, args.seed, data_args.data_store) if data_args.data_mixture else None
+    if mixture is not None and args.process_index == 0:
+        print(mixture.summary(), file=sys.stderr)
     dataset = VLMDataset(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
-                         seed=args.seed, cache_images=data_args.cache_images)
+                         seed=args.seed, cache_images=data_args.cache_images, store=data_args.data_store,
+                         samples=mixture)
     if data_args.packing:  # the plan depends only on the seed and the lengths: every process makes the same
-        dataset = PackedDataset.plan(dataset, data_args.max_length, data_args.packing_buffer, args.seed,
-                                     progress=args.process_index == 0)
+        dataset = PackedDataset.plan(dataset, data_args.max_length, data_args.packing_buffer, args.seed)
         if args.process_index == 0:
             grouped = args.train_sampling_strategy == "group_by_length"
             print(dataset.summary(args.per_device_train_batch_size, grouped), file=sys.stderr)
@@ -141,7 +148,8 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     eval_dataset = None
     if data_args.eval_captions_file:  # the held-out loss, at the labelled positions as the training loss
         eval_dataset = VLMDataset(data_args.eval_image_map, data_args.eval_captions_file, model.processor,
-                                  data_args.max_length, seed=args.seed, cache_images=data_args.cache_images)
+                                  data_args.max_length, seed=args.seed, cache_images=data_args.cache_images,
+                                  store=data_args.data_store)
         args.prediction_loss_only = True
     trainer = VLMTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, heldout=heldout,
                          callbacks=callbacks,

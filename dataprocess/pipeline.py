@@ -14,11 +14,13 @@ from tqdm import tqdm
 
 import common
 from common import IMAGE_MARKER, atomic_file
+from common.images import image_entry, open_source
 
 from .captions import convert_ai_challenger, convert_coco_captions
 from .conversations import convert_conversations
 from .llava import convert_llava
 from .records import DataError
+from .webdataset import convert_webdataset
 
 CAPTION_MODES = ("separate", "alternatives")
 EXAMPLES = 5  # example paths or ids kept per problem in the report
@@ -26,15 +28,17 @@ EXAMPLES = 5  # example paths or ids kept per problem in the report
 
 @dataclass
 class SourceConfig:
-    type: str  # llava | ai_challenger | coco_captions | conversations
-    annotations: str
-    image_dir: str
+    type: str  # llava | ai_challenger | coco_captions | conversations | webdataset
+    annotations: str  # webdataset: a glob or brace pattern of .tar shards
+    image_dir: str | None = None  # every type but webdataset
     name: str | None = None  # default: type:annotation-file-stem
     captions: str = "separate"  # caption sources: separate | alternatives
 
     def __post_init__(self):
-        if self.type not in CONVERTERS:
-            raise DataError(f"source type {self.type!r} is not one of {sorted(CONVERTERS)}")
+        if self.type not in (*CONVERTERS, "webdataset"):
+            raise DataError(f"source type {self.type!r} is not one of {sorted((*CONVERTERS, 'webdataset'))}")
+        if self.type != "webdataset" and not self.image_dir:
+            raise DataError(f"source {self.annotations}: image_dir is missing")
         if self.captions not in CAPTION_MODES:
             raise DataError(f"captions must be one of {CAPTION_MODES}, got {self.captions!r}")
         self.name = self.name or f"{self.type}:{os.path.splitext(os.path.basename(self.annotations))[0]}"
@@ -84,12 +88,12 @@ def pool_size(n_images: int, workers: int | None) -> int:
 
 
 def check_image(args) -> str:
-    """'ok', 'missing' or 'corrupt'. Runs in a worker process."""
+    """'ok', 'missing' or 'corrupt' of an image reference (a file, or a shard member). Runs in a worker process."""
     path, full_decode = args
-    if not os.path.isfile(path):
+    if not os.path.isfile(image_entry(path)["path"]):
         return "missing"
     try:
-        with Image.open(path) as image:
+        with Image.open(open_source(path)) as image:
             image.load() if full_decode else image.verify()
         return "ok"
     except Exception:  # PIL raises many types for bad files; any of them means unusable
@@ -114,6 +118,16 @@ class ImageRegistry:
             self.key_of[path], self.path_of[key] = key, path
         return self.key_of[path]
 
+    def member(self, ref: str, base: str) -> str:
+        """The key of a shard member's reference: `base` (shard stem/sample key), suffixed on clashes."""
+        if ref not in self.key_of:
+            key, n = base, 1
+            while key in self.path_of:
+                n += 1
+                key = f"{base}#{n}"
+            self.key_of[ref], self.path_of[key] = key, ref
+        return self.key_of[ref]
+
 
 def write_json_atomic(obj, path: str):
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -124,12 +138,16 @@ def process(config: ProcessConfig, progress: bool = True) -> dict:
     registry = ImageRegistry()
     converted = []  # (source, [(sample id, [keys], conversations)])
     for src in config.sources:
-        raw = CONVERTERS[src.type](read_json(src.annotations), src, config.seed)
+        shards = src.type == "webdataset"
+        raw = (convert_webdataset(src.annotations, IMAGE_MARKER, config.seed) if shards
+               else CONVERTERS[src.type](read_json(src.annotations), src, config.seed))
         seen, samples = Counter(), []
         for s in raw:
             seen[s.id] += 1
             sample_id = f"{src.name}/{s.id}" + (f"#dup{seen[s.id]}" if seen[s.id] > 1 else "")
-            samples.append((sample_id, [registry.key(src.image_dir, p) for p in s.images], s.conversations))
+            keys = [registry.member(p, s.id.split("#")[0]) if shards else registry.key(src.image_dir, p)
+                    for p in s.images]
+            samples.append((sample_id, keys, s.conversations))
         converted.append((src, samples))
 
     paths = sorted(registry.path_of.values())
@@ -148,7 +166,7 @@ def process(config: ProcessConfig, progress: bool = True) -> dict:
         for sample_id, keys, conversations in samples:
             if any(k in bad for k in keys):
                 continue
-            image_map.update({k: {"path": registry.path_of[k]} for k in keys})
+            image_map.update({k: image_entry(registry.path_of[k]) for k in keys})
             captions.append({"id": sample_id, "source": src.name, "images": keys, "conversations": conversations})
         missing = sorted(registry.path_of[k] for k, v in bad.items() if v == "missing")
         corrupt = sorted(registry.path_of[k] for k, v in bad.items() if v == "corrupt")

@@ -37,7 +37,7 @@ def encode_conversation(processor, messages: list[dict], image_sizes: list | Non
         n = processor.count_markers(text)
         sizes = None if image_sizes is None else image_sizes[seen:seen + n]
         seen += n
-        ids = processor.tokenizer.encode(processor.expand(text, sizes), add_special_tokens=False)
+        ids = processor.encode(text, sizes)
         input_ids += ids
         if not is_reply:
             labels += [IGNORE_INDEX] * len(ids)

@@ -1,4 +1,5 @@
-"""VLMDataset: image_map.json + captions.json -> tokenised, label-masked samples with pixel values.
+"""VLMDataset: image_map.json + captions.json (through their sample store, dataset/store.py) or a mixture of such
+sources (dataset/mixture.py) -> tokenised, label-masked samples with pixel values.
 
 Images are decoded in __getitem__, i.e. in the DataLoader workers, never all up front. A sample that
 cannot be used (its image went missing or is corrupt, or it does not fit max_length) is replaced by the
@@ -6,7 +7,6 @@ next usable one, deterministically, and named in the item's `skipped` list: the 
 and a resumed run skips the same samples again.
 """
 
-import json
 import logging
 import random
 
@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from visual import ImageLoadError, image_size, load_image
 
 from .conversation import IGNORE_INDEX, encode_conversation
+from .store import open_samples
 
 logger = logging.getLogger(__name__)
 REPLACEMENT_TRIES = 16  # unusable samples in a row before the data is declared unavailable
@@ -31,19 +32,12 @@ class DataUnavailable(RuntimeError):
 
 
 class VLMDataset(Dataset):
-    def __init__(self, image_map: str, captions: str, processor, max_length: int = 2048, seed: int = 0,
-                 cache_images: bool = False):
-        with open(image_map, encoding="utf-8") as f:
-            self.paths = {key: entry["path"] for key, entry in json.load(f).items()}
-        with open(captions, encoding="utf-8") as f:
-            self.samples = json.load(f)
-        if not self.samples:
-            raise ValueError(f"{captions} holds no samples")
-        for sample in self.samples:
-            unknown = [k for k in sample["images"] if k not in self.paths]
-            if unknown:
-                raise ValueError(f"sample {sample['id']} in {captions} uses image {unknown[0]!r}, "
-                                 f"which {image_map} does not list")
+    def __init__(self, image_map: str | None = None, captions: str | None = None, processor=None,
+                 max_length: int = 2048, seed: int = 0, cache_images: bool = False, store: bool = True,
+                 samples=None, progress: bool = True):
+        """The samples of image_map + captions (through their sample store, built when missing or stale, unless
+        store=False), or those of `samples` (a Mixture, or any of dataset/store.py's sources)."""
+        self.samples = samples if samples is not None else open_samples(image_map, captions, store, progress)
         self.processor = processor
         self.max_length = max_length
         # cache_images: each image's processed pixels and size, kept by the process that first loads it (each
@@ -51,13 +45,16 @@ class VLMDataset(Dataset):
         self.cache = {} if cache_images else None
         self.seed = seed
         self.epoch = 0
-        # token counts estimated without tokenising everything at start-up (about 4 UTF-8 bytes a token):
-        # good enough to group similar lengths into batches
-        self.lengths = [
-            sum(len(m["content"].encode()) for m in s["conversations"]) // 4
-            + len(s["images"]) * processor.num_image_tokens + 8 * len(s["conversations"])
-            for s in self.samples
-        ]
+        self.progress = progress
+        self._lengths = None
+
+    @property
+    def lengths(self):
+        """Each sample's exact token count (token_length), computed once per store and processor and cached there:
+        what packing plans with and length grouping batches by."""
+        if self._lengths is None:
+            self._lengths = self.samples.lengths(self.processor.fingerprint(), self.record_length, self.progress)
+        return self._lengths
 
     def __len__(self):
         return len(self.samples)
@@ -68,9 +65,11 @@ class VLMDataset(Dataset):
 
     def messages(self, index: int, longest: bool = False) -> list[dict]:
         """The conversation, each caption alternative drawn for this epoch (or the longest, for a length bound)."""
-        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        return self.pick(self.samples[index]["conversations"], random.Random(f"{self.seed}:{self.epoch}:{index}"),
+                         longest)
 
-        def pick(m):
+    def pick(self, conversations: list[dict], rng: random.Random, longest: bool = False) -> list[dict]:
+        def one(m):
             if not m.get("alternatives"):
                 return m["content"]
             if longest:
@@ -78,7 +77,7 @@ class VLMDataset(Dataset):
                 return max(m["alternatives"], key=lambda a: len(tokens(a, add_special_tokens=False)))
             return rng.choice(m["alternatives"])
 
-        return [{"role": m["role"], "content": pick(m)} for m in self.samples[index]["conversations"]]
+        return [{"role": m["role"], "content": one(m)} for m in conversations]
 
     def sizes_matter(self) -> bool:
         """Whether an image's token count depends on its size (anyres)."""
@@ -86,23 +85,28 @@ class VLMDataset(Dataset):
 
     def token_length(self, index: int) -> int:
         """The sample's exact token count, image tokens included, before truncation (with caption alternatives,
-        that of the longest): what packing plans with. With anyres the images' sizes are read from their headers;
-        a file that cannot be read counts as no image here, and as a bad sample when it is loaded."""
+        that of the longest)."""
+        return self.record_length(self.samples[index], self.samples.paths(index))
+
+    def record_length(self, sample: dict, paths: list[str]) -> int:
+        """token_length of a sample record. With anyres the images' sizes are read from their headers; a file that
+        cannot be read counts as no image here, and as a bad sample when it is loaded."""
         sizes = None
         if self.sizes_matter():
             sizes = []
-            for key in self.samples[index]["images"]:
+            for path in paths:
                 try:
-                    sizes.append(image_size(self.paths[key]))
+                    sizes.append(image_size(path))
                 except ImageLoadError:
                     sizes.append((1, 1))
-        return len(encode_conversation(self.processor, self.messages(index, longest=True), sizes)[0])
+        messages = self.pick(sample["conversations"], random.Random(0), longest=True)
+        return len(encode_conversation(self.processor, messages, sizes)[0])
 
     def encode(self, index: int) -> dict:
         """One sample as tensors; BadSample when it cannot be used."""
         sample = self.samples[index]
         try:
-            pixels, sizes = self.pixels(sample["images"])
+            pixels, sizes = self.pixels(self.samples.paths(index))
         except ImageLoadError as e:
             raise BadSample(str(e)) from None
         input_ids, labels = encode_conversation(self.processor, self.messages(index), sizes)
@@ -120,18 +124,18 @@ class VLMDataset(Dataset):
             "image_sizes": sizes,
         }
 
-    def pixels(self, keys: list[str]) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+    def pixels(self, paths: list[str]) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
         """The images' pixels (tiles, 3, H, W), one after the other, and their (height, width)."""
-        if not keys:
+        if not paths:
             return None, []
         if self.cache is None:
-            images = [load_image(self.paths[key]) for key in keys]
+            images = [load_image(path) for path in paths]
             return self.processor.images(images)[0], [(image.height, image.width) for image in images]
-        for key in keys:
-            if key not in self.cache:
-                image = load_image(self.paths[key])
-                self.cache[key] = (self.processor.images([image])[0], (image.height, image.width))
-        return torch.cat([self.cache[key][0] for key in keys]), [self.cache[key][1] for key in keys]
+        for path in paths:
+            if path not in self.cache:
+                image = load_image(path)
+                self.cache[path] = (self.processor.images([image])[0], (image.height, image.width))
+        return torch.cat([self.cache[path][0] for path in paths]), [self.cache[path][1] for path in paths]
 
     def __getitem__(self, index: int) -> dict:
         """Sample `index`, or the next usable one after it; `skipped` holds (id, why) of those passed over."""

@@ -18,7 +18,6 @@ import random
 
 import numpy as np
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 DEFAULT_BUFFER = 1000  # samples per first-fit window: padding under 1% on LLaVA-like lengths (BENCHMARKS.md)
@@ -74,9 +73,8 @@ class PackedDataset(Dataset):
         self.lengths = [sum(min(sample_lengths[i], max_length) for i in row) for row in rows]
 
     @classmethod
-    def plan(cls, samples, max_length: int, buffer: int = DEFAULT_BUFFER, seed: int = 0, progress: bool = True):
-        lengths = [samples.token_length(i) for i in tqdm(range(len(samples)), desc="token lengths", unit="sample",
-                                                         disable=not progress, mininterval=2)]
+    def plan(cls, samples, max_length: int, buffer: int = DEFAULT_BUFFER, seed: int = 0):
+        lengths = [int(n) for n in samples.lengths]  # exact, cached in the sample store
         return cls(samples, lengths, plan_rows(lengths, max_length, buffer, seed), max_length)
 
     @property

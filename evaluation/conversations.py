@@ -11,6 +11,7 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from common import read_json
+from common.images import image_ref
 from visual import load_image
 
 # CJK characters one by one; words and numbers whole; other symbols one by one
@@ -59,7 +60,7 @@ def eval_items(image_map: str, captions: str) -> list[dict]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path}")
     try:
-        paths = {k: v["path"] for k, v in read_json(image_map).items()}
+        paths = {k: image_ref(v) for k, v in read_json(image_map).items()}
     except (AttributeError, KeyError, TypeError):
         raise ValueError(f"{image_map} is not an image map ({{key: {{\"path\": ...}}}})") from None
     samples = read_json(captions)

@@ -1,5 +1,7 @@
 """VLMProcessor: chat template, image-token expansion and pixel values, shared by training and inference."""
 
+import hashlib
+import json
 from functools import cached_property
 
 import torch
@@ -38,14 +40,32 @@ class VLMProcessor:
         pieces = text.split(IMAGE_MARKER)
         if len(pieces) == 1:
             return text
-        if self.images.aspect == "anyres":
-            if image_sizes is None or len(image_sizes) != len(pieces) - 1:
-                given = 0 if image_sizes is None else len(image_sizes)
-                raise ValueError(f"the text holds {len(pieces) - 1} image markers but {given} image sizes")
-            counts = [self.images.tokens(size) for size in image_sizes]
-        else:
-            counts = [self.num_image_tokens] * (len(pieces) - 1)
+        counts = self.image_counts(len(pieces) - 1, image_sizes)
         return pieces[0] + "".join(self.image_token * n + piece for n, piece in zip(counts, pieces[1:], strict=True))
+
+    def image_counts(self, n_images: int, image_sizes: list | None = None) -> list[int]:
+        """The image tokens of each of a text's n_images images."""
+        if self.images.aspect != "anyres":
+            return [self.num_image_tokens] * n_images
+        if image_sizes is None or len(image_sizes) != n_images:
+            given = 0 if image_sizes is None else len(image_sizes)
+            raise ValueError(f"the text holds {n_images} image markers but {given} image sizes")
+        return [self.images.tokens(size) for size in image_sizes]
+
+    def encode(self, text: str, image_sizes: list | None = None) -> list[int]:
+        """The ids of expand(text), found by tokenising the text with one image token per image and repeating that
+        id: the same ids (special tokens split the text alike, one copy or hundreds), without tokenising hundreds of
+        image tokens per image, which is most of the time a long conversation's encoding takes otherwise."""
+        n_images = self.count_markers(text)
+        if n_images == 0:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        counts = iter(self.image_counts(n_images, image_sizes))
+        if self.image_token != IMAGE_MARKER:
+            text = text.replace(IMAGE_MARKER, self.image_token)
+        ids = []
+        for i in self.tokenizer.encode(text, add_special_tokens=False):
+            ids += [i] * next(counts) if i == self.image_token_id else [i]
+        return ids
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """The conversation as text, with the configured system prompt unless it brings its own."""
@@ -73,6 +93,17 @@ class VLMProcessor:
             pixels, flat_sizes = self.images(flat)
             batch["pixel_values"], batch["image_sizes"] = pixels, torch.tensor(flat_sizes)
         return dict(batch)
+
+    def fingerprint(self) -> str:
+        """A short key for everything a sample's token count depends on: the tokenizer's vocabulary and special
+        tokens, the chat template and system prompt, the image token and the image-token counts (anyres: the grid).
+        Exact lengths are cached under it (dataset/store.py)."""
+        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])  # str or bytes pieces, by id
+        vocab = hashlib.sha256(json.dumps(vocab, ensure_ascii=False, default=repr).encode())
+        parts = [type(self.tokenizer).__name__, vocab.hexdigest(), self.chat_template, self.system_prompt,
+                 self.image_token, self.num_image_tokens, self.images.aspect, getattr(self.images, "pinpoints", None),
+                 getattr(self.images, "tile", None)]
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
 
     @cached_property
     def end_of_turn_id(self) -> int | None:

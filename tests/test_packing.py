@@ -204,7 +204,7 @@ def test_a_bad_sample_in_a_row_is_replaced_by_one_that_fits(tmp_path, bases):
     image_map, captions = write_color_dataset(tmp_path / "data", n=12)
     model = make(bases, "qwen")
     data = VLMDataset(image_map, captions, model.processor, max_length=200)
-    packed = PackedDataset.plan(data, max_length=200, buffer=100, seed=0, progress=False)
+    packed = PackedDataset.plan(data, max_length=200, buffer=100, seed=0)
     row = packed.rows[0]
     assert len(row) >= 2 and sum(packed.sample_lengths[i] for i in row) == packed.lengths[0] <= 200
     (tmp_path / "data" / "red.png").write_bytes(b"not an image")  # samples c0, c4, c8 go bad

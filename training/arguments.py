@@ -53,6 +53,12 @@ class ModelArguments:
 class DataArguments:
     image_map: str = field(default="data/image_map.json")
     captions_file: str = field(default="data/captions.json")
+    data_mixture: str | None = field(default=None, metadata={
+        "help": "a mixture YAML: several processed sources, each drawn by a rule and weight, instead of --image_map "
+                "and --captions_file (docs/data.md)"})
+    data_store: bool = field(default=True, metadata={
+        "help": "read the samples through their memory-mapped store (captions.store/, built when missing or stale), "
+                "shared by every worker and process; false: parse captions.json in every process"})
     max_length: int = field(default=2048, metadata={"help": "tokens per sample (per row with --packing), image tokens "
                                                              "included"})
     packing: bool = field(default=False, metadata={

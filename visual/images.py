@@ -1,6 +1,9 @@
-"""Reading image files as RGB, whatever mode they were saved in."""
+"""Reading images as RGB, whatever mode they were saved in, from files or from members of tar shards (their
+references: common/images.py)."""
 
 from PIL import Image, UnidentifiedImageError
+
+from common.images import open_source
 
 
 class ImageLoadError(ValueError):
@@ -22,7 +25,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image(path) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(open_source(path) if isinstance(path, str) else path) as image:
             image.load()  # decode now, so a truncated file fails here and not in the model
             return to_rgb(image)
     except FileNotFoundError:
@@ -34,7 +37,7 @@ def load_image(path) -> Image.Image:
 def image_size(path) -> tuple[int, int]:
     """(height, width) from the file's header, without decoding its pixels."""
     try:
-        with Image.open(path) as image:
+        with Image.open(open_source(path) if isinstance(path, str) else path) as image:
             return image.height, image.width
     except FileNotFoundError:
         raise ImageLoadError(f"image file not found: {path}") from None
