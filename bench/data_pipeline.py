@@ -142,7 +142,7 @@ def lengths_time(root: str) -> dict:
     n = len(VLMDataset(*args, progress=False).lengths)
     computed = time.perf_counter() - start
     start = time.perf_counter()
-    VLMDataset(*args, progress=False).lengths
+    assert len(VLMDataset(*args, progress=False).lengths) == n
     return {"samples": n, "computed_s": computed, "cached_s": time.perf_counter() - start}
 
 
@@ -225,8 +225,8 @@ def webdataset_bench(args) -> dict:
                 with open(os.path.join(files, image), "rb") as f:
                     sink.write({"__key__": os.path.splitext(os.path.basename(image))[0], "png": f.read(),
                                 "txt": entry["conversations"][-1]["content"]})
-    for name, source in (("files", f"    type: conversations\n    annotations: {os.path.join(files, 'annotations_en.json')}"
-                                   f"\n    image_dir: {files}"),
+    for name, source in (("files", f"    type: conversations\n    annotations: {annotations['en']}\n"
+                                   f"    image_dir: {files}"),
                          ("shards", f"    type: webdataset\n    annotations: {root}/{{00000..00007}}.tar")):
         config = os.path.join(root, f"{name}.yaml")
         with open(config, "w") as f:

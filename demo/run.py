@@ -129,6 +129,11 @@ def main(argv=None):
 
     step("train.py (stage 2)")
     train_dir = os.path.join(data, "train", "processed")
+    test_dir = os.path.join(data, "test", "processed")
+    # held-out accuracy as it trains: a line per evaluation (the loss on every held-out question, exact match on 200)
+    heldout = ["--eval_image_map", f"{test_dir}/image_map.json", "--eval_captions_file", f"{test_dir}/captions.json",
+               "--eval_strategy", "steps", "--eval_steps", str(max(1, args.steps // 4)), "--eval_generate", "200",
+               "--per_device_eval_batch_size", "100", "--eval_max_new_tokens", "24"]
     run([python, "train.py", "--base_language_model", llm, "--base_vision_model", vision,
          "--select_layer", select_layer, "--image_map", f"{train_dir}/image_map.json",
          "--captions_file", f"{train_dir}/captions.json", "--output_dir", out, "--llm_mode", "full",
@@ -138,13 +143,12 @@ def main(argv=None):
          "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
          "--logging_steps", str(max(1, min(50, args.steps // 10))),
          "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--auto_resume", "false",
-         "--dataloader_num_workers", str(args.workers)], os.path.join(data, "train.log"))
+         "--dataloader_num_workers", str(args.workers), *heldout], os.path.join(data, "train.log"))
     state = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
     curve = [h["loss"] for h in state if "loss" in h]
     print(f"  loss {curve[0]:.3f} -> {curve[-1]:.3f} over {args.steps} steps; curve in {out}/loss.png")
 
     step("eval.py")
-    test_dir = os.path.join(data, "test", "processed")
     stdout = run([python, "eval.py", "--model_weights", out, "--image_map", f"{test_dir}/image_map.json",
                   "--captions_file", f"{test_dir}/captions.json", "--batch_size", "50", "--max_new_tokens", "48"],
                  os.path.join(data, "eval.log"))

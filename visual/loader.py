@@ -5,8 +5,7 @@ import os
 import torch
 
 from .hf_tower import HFVisionTower
-from .open_clip_tower import OPEN_CLIP_CONFIG, OpenCLIPVisionTower
-from .tower import FeatureSelection, VisionTower
+from .tower import OPEN_CLIP_CONFIG, FeatureSelection, VisionTower
 
 OPEN_CLIP_PREFIX = "open_clip:"
 
@@ -23,6 +22,8 @@ def load_vision_tower(
     the weights where loading put them (the CPU; under ZeRO-3, a transformers tower is partitioned)."""
     selection = selection or FeatureSelection()
     if name.startswith(OPEN_CLIP_PREFIX) or os.path.isfile(os.path.join(name, OPEN_CLIP_CONFIG)):
+        from .open_clip_tower import OpenCLIPVisionTower  # open_clip and timm load only for their towers
+
         tower = OpenCLIPVisionTower.load(name.removeprefix(OPEN_CLIP_PREFIX), selection).to(dtype=dtype)
     else:
         tower = HFVisionTower.load(name, selection, dtype)  # loaded in dtype: partitioned weights take no .to()

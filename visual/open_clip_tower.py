@@ -8,18 +8,26 @@ ConvNeXt and other trunks are refused with a clear error.
 
 import json
 import os
+import sys
 
-import open_clip
 import torch
-from open_clip.model import _build_vision_tower
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file, save_file
 
-from .tower import FeatureSelection, VisionTower
+from .tower import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, FeatureSelection, VisionTower
 
-OPEN_CLIP_CONFIG = "open_clip_vision_config.json"
-OPEN_CLIP_WEIGHTS = "open_clip_vision.safetensors"
+# timm, under open_clip, imports wandb when it is installed, for a logging helper of its own that we never call:
+# seconds at every start. wandb is hidden while open_clip loads; the Trainer's W&B reporting imports it as usual.
+_HIDE_WANDB = "wandb" not in sys.modules
+if _HIDE_WANDB:
+    sys.modules["wandb"] = None
+try:
+    import open_clip
+    from open_clip.model import _build_vision_tower
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+finally:
+    if _HIDE_WANDB:
+        del sys.modules["wandb"]
 
 
 class OpenCLIPImageProcessor:
