@@ -9,6 +9,7 @@ import os
 import sys
 
 from common import exits_on
+from common.store import build_store
 from dataprocess.pipeline import load_config, process
 from dataprocess.records import DataError
 
@@ -30,8 +31,6 @@ def main(argv=None) -> int:
               f"{r['images_missing']:8} {r['images_corrupt']:8}")
     written = "image_map.json, captions.json and process_report.json"
     if not args.no_store:
-        from dataset.store import build_store
-
         build_store(os.path.join(config.output_dir, "image_map.json"), os.path.join(config.output_dir,
                                                                                    "captions.json"),
                     progress=not args.no_progress)

@@ -162,7 +162,7 @@ def scale(args) -> dict:
     print(f"wrote {args.samples} samples ({size / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s",
           file=sys.stderr)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); from dataset.store import build_store;"
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); from common.store import build_store;"
                     f"build_store({os.path.join(root, 'image_map.json')!r}, {os.path.join(root, 'captions.json')!r},"
                     " progress=False)"], check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
     build = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""What every part of the project shares: atomic writes, the data format's image marker, the CLI error rule."""
+"""What every part of the project shares: atomic writes, the data format (its image marker, image references, the
+sample store), the CLI error rule."""
 
 from .cli import exits_on, fail
 from .files import atomic_file, atomic_folder, read_json

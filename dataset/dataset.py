@@ -1,4 +1,4 @@
-"""VLMDataset: image_map.json + captions.json (through their sample store, dataset/store.py) or a mixture of such
+"""VLMDataset: image_map.json + captions.json (through their sample store, common/store.py) or a mixture of such
 sources (dataset/mixture.py) -> tokenised, label-masked samples with pixel values.
 
 Images are decoded in __getitem__, i.e. in the DataLoader workers, never all up front. A sample that
@@ -13,10 +13,10 @@ import random
 import torch
 from torch.utils.data import Dataset
 
+from common.store import open_samples
 from visual import ImageLoadError, image_size, load_image
 
 from .conversation import IGNORE_INDEX, encode_conversation
-from .store import open_samples
 
 logger = logging.getLogger(__name__)
 REPLACEMENT_TRIES = 16  # unusable samples in a row before the data is declared unavailable
@@ -36,7 +36,7 @@ class VLMDataset(Dataset):
                  max_length: int = 2048, seed: int = 0, cache_images: bool = False, store: bool = True,
                  samples=None, progress: bool = True):
         """The samples of image_map + captions (through their sample store, built when missing or stale, unless
-        store=False), or those of `samples` (a Mixture, or any of dataset/store.py's sources)."""
+        store=False), or those of `samples` (a Mixture, or any of common/store.py's sources)."""
         self.samples = samples if samples is not None else open_samples(image_map, captions, store, progress)
         self.processor = processor
         self.max_length = max_length

@@ -11,7 +11,7 @@
 
 Paths are relative to the current folder, like every path flag. The draw is a pure function of the seed and the
 sources: every process, and a resumed run, draws the same samples, and the Trainer's sampler shuffles and resumes
-them as it does one source. Each source is read through its sample store (dataset/store.py), whose exact lengths
+them as it does one source. Each source is read through its sample store (common/store.py), whose exact lengths
 serve packing and length grouping.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from .store import open_samples
+from common.store import open_samples
 
 RULE = re.compile(r"^(all|first:(\d+)|end:(\d+)|random:(\d+)|random:(\d+(?:\.\d+)?)%)$")
 

@@ -97,7 +97,7 @@ class VLMProcessor:
     def fingerprint(self) -> str:
         """A short key for everything a sample's token count depends on: the tokenizer's vocabulary and special
         tokens, the chat template and system prompt, the image token and the image-token counts (anyres: the grid).
-        Exact lengths are cached under it (dataset/store.py)."""
+        Exact lengths are cached under it (common/store.py)."""
         vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])  # str or bytes pieces, by id
         vocab = hashlib.sha256(json.dumps(vocab, ensure_ascii=False, default=repr).encode())
         parts = [type(self.tokenizer).__name__, vocab.hexdigest(), self.chat_template, self.system_prompt,

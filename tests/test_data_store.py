@@ -1,4 +1,4 @@
-"""Data at scale (dataset/store.py, dataset/mixture.py, dataprocess/webdataset.py): the sample store yields exactly
+"""Data at scale (common/store.py, dataset/mixture.py, dataprocess/webdataset.py): the sample store yields exactly
 captions.json's samples and is rebuilt when stale, atomically; exact lengths equal the tokenised lengths; mixtures
 draw deterministically and resume exactly; webdataset shards train, shard across ranks and workers, resume, and a
 truncated member is a counted bad sample."""
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import process_image
 import train
+from common import store as store_module
 from dataset import JsonSamples, Mixture, SampleStore, VLMDataset, encode_conversation, read_mixture, stale_reason
-from dataset import store as store_module
 from dataset.mixture import draw
 from model import VisionLanguageModel, VLMConfig
 
@@ -112,7 +112,7 @@ def test_a_killed_build_leaves_no_store(tmp_path):
     marker = tmp_path / "writing"
     script = f"""
 import datasets, time
-from dataset.store import build_store
+from common.store import build_store
 original = datasets.Dataset.save_to_disk
 def slow(self, path, **kw):
     original(self, path, **kw)

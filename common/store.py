@@ -30,8 +30,8 @@ import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
-from common import read_json
-from common.images import image_ref
+from .files import read_json
+from .images import image_ref
 
 logger = logging.getLogger(__name__)
 SCHEMA = 1  # bump when the table's columns change: older stores are rebuilt
