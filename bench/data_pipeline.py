@@ -5,10 +5,11 @@
 scale: a LLaVA-mix665k-sized captions.json in our schema (--samples conversations of 1-5 rounds, each its own
 image_map entry, over a pool of 384 px JPEGs), read by VLMDataset + VLMCollator + DataLoader(--workers workers,
 batch 8) over the first --measure samples in random order, with SigLIP-384 preprocessing and the real Qwen-7B
-tokenizer (from dashscope when installed). Each way runs in a fresh process: through the store (built first, its
-time reported) and through json.load, as before. Reported: from VLMDataset(...) to the first batch, samples/s
-after it, and the sum of the unique set sizes (USS) of the main process and its workers, the largest seen. Then the
-exact token lengths of every sample (first computation, then read from the store's cache).
+tokenizer (from dashscope when installed). Each way runs twice, alternating, each time in a fresh process (the
+better run is reported): through the store (built first, its time reported) and through json.load, as before.
+Reported: from VLMDataset(...) to the first batch, samples/s after it, and the sum of the unique set sizes (USS)
+of the main process and its workers, the largest seen. Then the exact token lengths of every sample (first
+computation, then read from the store's cache).
 
 webdataset: the demo's kind of images (demo/synthetic.py), as files and as 8 webdataset shards processed by
 process_image.py, read by the same loader: samples/s each way.
@@ -166,7 +167,11 @@ def scale(args) -> dict:
                     f"build_store({os.path.join(root, 'image_map.json')!r}, {os.path.join(root, 'captions.json')!r},"
                     " progress=False)"], check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
     build = time.perf_counter() - start
-    runs = {way: child("measure", root, way, str(args.measure), str(args.workers)) for way in ("json", "store")}
+    # each way twice, alternating, each run in a fresh process; the better of the two (2 cores are noisy)
+    tries = [child("measure", root, way, str(args.measure), str(args.workers)) for _ in range(2)
+             for way in ("json", "store")]
+    runs = {way: max((t for t in tries if t["way"] == way), key=lambda t: t["samples_per_s"])
+            for way in ("json", "store")}
     lengths = child("lengths", root)
     _, vocab = processor()
     j, s = runs["json"], runs["store"]

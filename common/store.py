@@ -151,6 +151,8 @@ class SampleStore:
 
         self.folder = folder
         self.table = datasets.load_from_disk(folder)  # memory-mapped Arrow files
+        arrow = self.table.data.table  # read through pyarrow: about 2 us a row, against 50 through datasets' rows
+        self.records, self.path_lists = arrow.column("record"), arrow.column("paths")
 
     @classmethod
     def of(cls, image_map: str, captions: str, progress: bool = True) -> "SampleStore":
@@ -161,10 +163,10 @@ class SampleStore:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict:
-        return json.loads(self.table[int(index)]["record"])
+        return json.loads(self.records[int(index)].as_py())
 
     def paths(self, index: int) -> list[str]:
-        return self.table[int(index)]["paths"]
+        return self.path_lists[int(index)].as_py()
 
     def lengths(self, key: str, measure, progress: bool = True) -> np.ndarray:
         """measure(sample, paths) of every sample: cached in the store under `key`."""

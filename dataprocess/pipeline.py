@@ -108,18 +108,12 @@ class ImageRegistry:
         self.path_of: dict[str, str] = {}
 
     def key(self, image_dir: str, relative: str) -> str:
-        path = os.path.realpath(os.path.join(image_dir, relative))
-        if path not in self.key_of:
-            base = f"{os.path.basename(os.path.normpath(image_dir))}/{relative}".replace(os.sep, "/")
-            key, n = base, 1
-            while key in self.path_of:
-                n += 1
-                key = f"{base}#{n}"
-            self.key_of[path], self.path_of[key] = key, path
-        return self.key_of[path]
+        base = f"{os.path.basename(os.path.normpath(image_dir))}/{relative}".replace(os.sep, "/")
+        return self.member(os.path.realpath(os.path.join(image_dir, relative)), base)
 
     def member(self, ref: str, base: str) -> str:
-        """The key of a shard member's reference: `base` (shard stem/sample key), suffixed on clashes."""
+        """The key of an image reference (a file's real path, or a shard member's place): `base`, suffixed on
+        clashes."""
         if ref not in self.key_of:
             key, n = base, 1
             while key in self.path_of:

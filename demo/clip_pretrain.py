@@ -1,6 +1,7 @@
 """Stage 0 of the demo: a tiny CLIP pretrained contrastively on the synthetic images and their captions, with
-open_clip's own model and ClipLoss, then saved as a vision-tower folder that `--base_vision_model` loads
-(and frozen there), as real VLMs freeze an encoder that was pretrained.
+open_clip's own model and CLIP's symmetric loss (each image also set against its caption with left and right
+swapped), then saved as a vision-tower folder that `--base_vision_model` loads (and frozen there), as real VLMs
+freeze an encoder that was pretrained.
 
 The image tower is open_clip's ModifiedResNet (CLIP's ResNet) at a small width: convolutions read shape and
 colour from 64 px images within a minute, which a random or briefly trained tiny ViT does not (docs/demo.md).
@@ -13,7 +14,6 @@ import re
 import time
 
 import torch
-from open_clip.loss import ClipLoss
 from open_clip.model import CLIP
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from tqdm import tqdm
@@ -58,6 +58,15 @@ def caption(answer: str) -> str:
     return answer if len(parts) == 1 else f"left: {parts[0]}; right: {parts[1]}"
 
 
+def swapped(caption_text: str) -> str | None:
+    """The caption with left and right exchanged (a hard negative: the same words, the other order); None for one
+    shape."""
+    if not caption_text.startswith("left: "):
+        return None
+    left, right = caption_text.removeprefix("left: ").split("; right: ")
+    return f"left: {right}; right: {left}"
+
+
 def captioned_images(annotations: str, image_dir: str) -> list[tuple[str, str]]:
     """(image path, caption) pairs from the demo's English annotations: each shape and its colour, left and
     right, which is what the encoder should learn to tell apart."""
@@ -89,26 +98,42 @@ def retrieval_accuracy(model, pairs, transform, tokenizer) -> float:
     return right / len(pairs)
 
 
+def contrastive_loss(model, out, negatives: torch.Tensor | None) -> torch.Tensor:
+    """CLIP's symmetric loss, each image also set against the swapped captions of the batch's two-shape images
+    (hard negatives, text features (n, E)): telling left from right is then the only way to pick its caption."""
+    images, texts, scale = out["image_features"], out["text_features"], out["logit_scale"]  # (B, E), (B, E), ()
+    candidates = texts if negatives is None else torch.cat([texts, negatives])  # (B + n, E)
+    target = torch.arange(len(images))
+    return (torch.nn.functional.cross_entropy(scale * images @ candidates.T, target)
+            + torch.nn.functional.cross_entropy(scale * texts @ images.T, target)) / 2
+
+
 def pretrain(train_pairs, test_pairs, out_folder: str, steps: int = 400, batch_size: int = 128, lr: float = 2e-3,
-             seed: int = 0, progress: bool = True) -> dict:
+             seed: int = 0, progress: bool = True, hard_negatives: bool = True, width: int | None = None) -> dict:
     """Trains the tiny CLIP, saves its image tower to `out_folder`; returns the stage's figures."""
     torch.manual_seed(seed)
     tokenizer = WordTokenizer([c for _, c in train_pairs], TINY_CLIP["text_cfg"]["context_length"])
-    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "vocab_size": tokenizer.vocab_size}}
+    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "vocab_size": tokenizer.vocab_size},
+              "vision_cfg": {**TINY_CLIP["vision_cfg"], "width": width or TINY_CLIP["vision_cfg"]["width"]}}
     model = CLIP(**config, output_dict=True)
     transform = image_transform_v2(PreprocessCfg(**PREPROCESS), is_train=False)
     images, texts = load_pairs(train_pairs, transform, tokenizer)
+    flipped = [swapped(c) for _, c in train_pairs]
+    has_flip = torch.tensor([f is not None for f in flipped])
+    flipped = tokenizer([f or "" for f in flipped])  # (N, L); rows of one-shape captions are never used
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (
         1 + math.cos(math.pi * min(s, steps) / steps)))
-    loss_fn, start, losses = ClipLoss(), time.time(), []
+    start, losses = time.time(), []
     generator = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(range(steps), desc="stage 0: CLIP", disable=not progress, mininterval=2)
     for step in bar:
         idx = torch.randint(0, len(images), (batch_size,), generator=generator)
         out = model(images[idx], texts[idx])
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        two = idx[has_flip[idx]] if hard_negatives else idx[:0]
+        negatives = model.encode_text(flipped[two], normalize=True) if len(two) else None
+        loss = contrastive_loss(model, out, negatives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

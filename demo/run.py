@@ -2,11 +2,14 @@
 
   1. a synthetic shapes-and-colours data set in the `conversations` format (train + held-out images)
   2. process_image.py on it
-  3. the tiny LLM (our QWen with a 256-byte vocabulary), saved as a model folder
-  4. stage 0: a tiny CLIP (open_clip's ResNet + a text transformer) pretrained with open_clip's ClipLoss on
-     the training images and their captions, its image tower saved as a folder --base_vision_model loads
+  3. the tiny LLM (our QWen with a byte-level BPE vocabulary that holds the task's words whole), saved as a model
+     folder
+  4. stage 0: a tiny CLIP (open_clip's ResNet + a text transformer) pretrained contrastively on the training
+     images and their captions (with left/right-swapped captions as hard negatives), its image tower saved as a
+     folder --base_vision_model loads
   5. train.py: that tower frozen, the whole tiny LLM and the projector trained (stage 2; stage 1 is
-     skipped: it aligns a projector to a pretrained LLM, and this one starts random, see docs/demo.md)
+     skipped: it aligns a projector to a pretrained LLM, and this one starts random, see docs/demo.md), with a
+     held-out evaluation line every quarter
   6. eval.py on the held-out images
   7. a few Q&A examples, the accuracy, loss curves of stages 0 and 2, a PNG grid of held-out answers
 
@@ -27,11 +30,12 @@ from training.plot import plot_curve
 from .bases import build_tiny_llm, build_tiny_qwen2, build_tiny_vision
 from .clip_pretrain import captioned_images, pretrain
 from .grid import draw_grid
-from .synthetic import write_split
+from .synthetic import vocabulary, write_split
 
 # Tuned on the 2-core CPU machine this project is developed on; see docs/demo.md.
 DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1000, batch_size=32, learning_rate=1e-3,
-                clip_steps=400, clip_learning_rate=3e-3, init_range=0.08, chats=0.5, select_layer=-1, workers=1)
+                clip_steps=400, clip_learning_rate=3e-3, clip_width=16, init_range=0.08, chats=0.5, select_layer=-1,
+                workers=1)
 STEPS = 7
 
 
@@ -64,6 +68,7 @@ def main(argv=None):
     p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"], help="stage 2")
     p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"], help="stage 2")
     p.add_argument("--clip_learning_rate", type=float, default=DEFAULTS["clip_learning_rate"], help="stage 0")
+    p.add_argument("--clip_width", type=int, default=DEFAULTS["clip_width"], help="stage 0: the ResNet's width")
     p.add_argument("--select_layer", type=int, default=DEFAULTS["select_layer"],
                    help="stage 2: the ResNet stage read (-1: last, a 2 x 2 grid; -2: the one before, 4 x 4)")
     p.add_argument("--chats", type=float, default=DEFAULTS["chats"],
@@ -104,9 +109,9 @@ def main(argv=None):
 
     step("tiny LLM")
     build = build_tiny_llm if args.llm == "qwen" else build_tiny_qwen2
-    llm = build(os.path.join(base, "llm"), args.seed, init_range=DEFAULTS["init_range"])
-    print(f"  {llm}: {'QWen' if args.llm == 'qwen' else 'Qwen2'}, 2 layers, width 128, 256-byte vocabulary, "
-          f"initializer_range {DEFAULTS['init_range']}")
+    llm = build(os.path.join(base, "llm"), args.seed, init_range=DEFAULTS["init_range"], words=vocabulary())
+    print(f"  {llm}: {'QWen' if args.llm == 'qwen' else 'Qwen2'}, 2 layers, width 128, a byte-level BPE vocabulary "
+          f"with the task's {len(vocabulary())} words whole, initializer_range {DEFAULTS['init_range']}")
 
     step("stage 0: CLIP pretraining")
     vision = os.path.join(base, "vision")
@@ -118,11 +123,12 @@ def main(argv=None):
     else:
         pairs = {s: captioned_images(annotations[s], os.path.join(data, s)) for s in annotations}
         stage0 = pretrain(pairs["train"], pairs["test"], vision, steps=args.clip_steps,
-                          lr=args.clip_learning_rate, seed=args.seed)
+                          lr=args.clip_learning_rate, seed=args.seed, width=args.clip_width)
         curve = plot_curve(list(range(1, len(stage0["losses"]) + 1)), stage0["losses"],
-                           os.path.join(base, "clip_loss.png"), "stage 0: CLIP (ClipLoss)")
+                           os.path.join(base, "clip_loss.png"), "stage 0: CLIP (contrastive loss)")
         select_layer = str(args.select_layer)  # -1: the ResNet's last stage, a 2 x 2 grid of 512-wide tokens
-        print(f"  {vision}: open_clip ResNet (64 px, width 16) + text transformer, {args.clip_steps} steps of 128 "
+        print(f"  {vision}: open_clip ResNet (64 px, width {args.clip_width}) + text transformer, {args.clip_steps} "
+              f"steps of 128 "
               f"pairs: loss {stage0['loss_first']:.3f} -> {stage0['loss_last']:.3f}; zero-shot retrieval on the "
               f"held-out images (top-1 of {len(set(c for _, c in pairs['test']))} captions): "
               f"{stage0['zero_shot_top1']:.1%}; curve in {curve}")

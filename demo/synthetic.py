@@ -97,6 +97,16 @@ def question(rng: random.Random, lang: str) -> str:
 CHAT_KINDS = ("chat", "second_image")
 
 
+def vocabulary() -> list[str]:
+    """The words of the task's texts, as Qwen's pre-tokenisation cuts them (English words with their leading space),
+    for the tiny LLM's tokenizer (demo/bases.py): the questions, the answers' words (each Chinese colour name and 和
+    apart, so that an answer is a few tokens, not one), and the chat template's role names."""
+    english = ["What", " shapes", " are", " in", " the", " image", "?", "a", "an", " a", " an", " and"]
+    english += [f" {word}" for word in (*COLORS, *SHAPES)]
+    chinese = [QUESTIONS["zh"][:-1], QUESTIONS["zh"][-1], "和", *(zh for zh, _ in COLORS.values())]
+    return ["system", "user", "assistant", *english, *chinese]
+
+
 def write_split(folder: str, n_images: int, size: int, seed: int, chats: float = 0.5) -> dict[str, str]:
     """n_images PNGs and their Q&A in the `conversations` source format that process_image.py reads: a zh and an
     en sample per image, and for a `chats` share of the images one two-turn chat of each kind (the first answer

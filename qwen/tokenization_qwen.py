@@ -1,6 +1,7 @@
 """QWenTokenizer: Qwen's byte-level BPE on tiktoken, with the 208 special tokens after the ranks."""
 
 import base64
+import json
 import os
 import shutil
 
@@ -38,6 +39,35 @@ def write_byte_vocab(path: str) -> str:
     with open(path, "w") as f:
         for i in range(256):
             f.write(f"{base64.b64encode(bytes([i])).decode()} {i}\n")
+    return path
+
+
+def write_bpe_vocab(path: str, words: list[str]) -> str:
+    """Writes a Qwen-format vocabulary fitted to `words` (each counted once): the 256 bytes, then byte-pair merges
+    learned by the `tokenizers` library's BPE trainer, after Qwen's own pre-tokenisation, until every word is one
+    token. The ranks follow the merge order, which is what tiktoken's encoder needs to merge as the trainer did. A
+    text of words that are not in the list still encodes, in smaller pieces: "黑色和黄色" is "黑色", "和", "黄色" when
+    those are the words."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
+                                                 byte_level])
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(sorted(set(words)), trainers.BpeTrainer(
+        vocab_size=len(alphabet) + sum(len(w.encode()) for w in set(words)), initial_alphabet=alphabet,
+        show_progress=False))
+    # ByteLevel spells each byte as a printable character (GPT-2's table); map them back to bytes
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    to_byte = {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in json.loads(bpe.to_str())["model"]["merges"]:
+        left, right = merge if isinstance(merge, list) else merge.split(" ")
+        ranks.setdefault(bytes(to_byte[c] for c in left + right), len(ranks))
+    with open(path, "w") as f:
+        f.writelines(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks.items())
     return path
 
 
