@@ -33,8 +33,8 @@ from .grid import draw_grid
 from .synthetic import vocabulary, write_split
 
 # Tuned on the 2-core CPU machine this project is developed on; see docs/demo.md.
-DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1000, batch_size=32, learning_rate=1e-3,
-                clip_steps=400, clip_learning_rate=3e-3, clip_width=16, init_range=0.08, chats=0.5, select_layer=-1,
+DEFAULTS = dict(train_images=6000, test_images=200, image_size=96, steps=1250, batch_size=32, learning_rate=1e-3,
+                clip_steps=400, clip_learning_rate=3e-3, clip_width=8, init_range=0.08, chats=0.5, select_layer=-1,
                 workers=1)
 STEPS = 7
 
@@ -136,9 +136,10 @@ def main(argv=None):
     step("train.py (stage 2)")
     train_dir = os.path.join(data, "train", "processed")
     test_dir = os.path.join(data, "test", "processed")
-    # held-out accuracy as it trains: a line per evaluation (the loss on every held-out question, exact match on 200)
+    # held-out accuracy as it trains: a line per evaluation (the loss and the answers' exact match, every question)
     heldout = ["--eval_image_map", f"{test_dir}/image_map.json", "--eval_captions_file", f"{test_dir}/captions.json",
-               "--eval_strategy", "steps", "--eval_steps", str(max(1, args.steps // 4)), "--eval_generate", "200",
+               "--eval_strategy", "steps", "--eval_steps", str(-(-args.steps // 4)),  # and at the last step
+               "--eval_generate", str(4 * args.test_images),
                "--per_device_eval_batch_size", "100", "--eval_max_new_tokens", "24"]
     run([python, "train.py", "--base_language_model", llm, "--base_vision_model", vision,
          "--select_layer", select_layer, "--image_map", f"{train_dir}/image_map.json",

@@ -14,6 +14,7 @@ import sys
 
 import torch
 from accelerate.utils import gather_object
+from tqdm import tqdm
 from transformers import TrainerCallback
 
 from dataset.conversation import IGNORE_INDEX
@@ -92,4 +93,5 @@ class EvaluationReport(TrainerCallback):
             detail = ", ".join(f"{s} {metrics['eval_exact_match_' + s]:.1%}" for s in sources)
             detail = f" ({detail})" if len(sources) > 1 else ""
             parts.append(f"exact match {metrics['eval_exact_match']:.1%}{detail}")
-        print(f"eval at step {state.global_step}: " + "; ".join(parts), file=sys.stderr, flush=True)
+        # tqdm.write: on a line of its own above the Trainer's progress bar, which is redrawn below it
+        tqdm.write(f"eval at step {state.global_step}: " + "; ".join(parts), file=sys.stderr)
