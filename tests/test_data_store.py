@@ -133,6 +133,19 @@ build_store({image_map!r}, {captions!r}, progress=False)
     assert len(SampleStore.of(image_map, captions, progress=False)) == 10  # the next run builds it
 
 
+def test_processes_that_start_together_build_the_store_once(tmp_path):
+    """Ranks of a node: the first to take the lock builds; the others wait on it and open what it built."""
+    image_map, captions = write_rich(tmp_path / "data", n=30)
+    script = ("import sys; from common.store import SampleStore; "
+              f"print(len(SampleStore.of({image_map!r}, {captions!r}, progress=False)))")
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert [out.strip() for out, _ in outs] == ["30"] * 3
+    assert sum("building the sample store" in err for _, err in outs) == 1
+
+
 def test_process_image_writes_the_store(tmp_path, capsys):
     image_map, captions = write_rich(tmp_path / "raw", n=6)
     rows = [{"id": s["id"], "images": [os.path.basename(json.loads(open(image_map).read())[k]["path"])
