@@ -31,9 +31,11 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 PYTHON = r"(?:python3?|\.venv/bin/python|\$PYTHON)"
 INVOCATION = re.compile(rf"(?:{PYTHON} (-m [\w.]+|[\w/]+\.py)|(sh (?:scripts/)?[\w]+\.sh))")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
-# flags the docs show for other programs: pip, vLLM, Slurm, LLaVA's eval_pope.py; and the word "--flags"
+# flags the docs show for other programs: pip, vLLM, Slurm, LLaVA's eval_pope.py, lmms-eval and accelerate launch;
+# and the word "--flags"
 OTHER_TOOLS = {"--no-deps", "--no-index", "--find-links", "--no-build-isolation", "--served-model-name",
-               "--enforce-eager", "--model", "--signal", "--requeue", "--question-file", "--flags", "--nproc_per_node"}
+               "--enforce-eager", "--model", "--signal", "--requeue", "--question-file", "--flags", "--nproc_per_node",
+               "--model_args", "--tasks", "--include_path", "--output_path", "--log_samples", "--num_processes"}
 
 
 # Runs each Python entry point's `--help` as `python FILE --help` or `python -m MODULE --help` would, one after the
