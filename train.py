@@ -5,7 +5,6 @@ the recipes and docs/training.md for every flag.
 """
 
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -15,7 +14,8 @@ from transformers import HfArgumentParser, IntervalStrategy, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from common.cli import fail
-from dataset import DataUnavailable, Mixture, PackedDataset, VLMCollator, VLMDataset, read_mixture, stale_reason
+from common.store import build_store, read_samples
+from dataset import DataUnavailable, Mixture, PackedDataset, VLMCollator, VLMDataset, read_mixture
 from evaluation.conversations import eval_items
 from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
@@ -37,10 +37,10 @@ def check_data(data: DataArguments, args: VLMTrainingArguments) -> list[dict]:
         for path in (data.image_map, data.captions_file):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"data file not found: {path} (run process_image.py first)")
-        if stale_reason(data.image_map, data.captions_file) is not None or not data.data_store:
-            with open(data.captions_file, encoding="utf-8") as f:
-                if not json.load(f):
-                    raise ValueError(f"{data.captions_file} holds no samples")
+        if data.data_store:  # a missing or stale store is built now: it reads and checks captions.json once
+            build_store(data.image_map, data.captions_file)
+        else:
+            read_samples(data.image_map, data.captions_file)
     held_out = bool(data.eval_image_map or data.eval_captions_file)
     if held_out and not (data.eval_image_map and data.eval_captions_file):
         raise ValueError("--eval_image_map and --eval_captions_file go together")

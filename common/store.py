@@ -19,7 +19,6 @@ same lock: packing and length grouping plan with them.
 """
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -33,7 +32,6 @@ from tqdm import tqdm
 from .files import read_json
 from .images import image_ref
 
-logger = logging.getLogger(__name__)
 SCHEMA = 1  # bump when the table's columns change: older stores are rebuilt
 STORE_SUFFIX = ".store"
 PARALLEL_LENGTHS = 20000  # samples from which exact lengths are computed in several processes
@@ -53,12 +51,22 @@ def read_samples(image_map: str, captions: str) -> tuple[dict, list]:
     return refs, samples
 
 
-class JsonSamples:
+class Samples:
+    """What JsonSamples and SampleStore share: samples by index, their image references, and exact lengths (cached
+    where there is a store folder)."""
+
+    folder: str | None = None
+
+    def lengths(self, key: str, measure, progress: bool = True) -> np.ndarray:
+        """measure(sample, paths) of every sample: cached in the store under `key`."""
+        return cached_lengths(self.folder, key, len(self), lambda i: measure(self[i], self.paths(i)), progress)
+
+
+class JsonSamples(Samples):
     """The samples as captions.json holds them, parsed into this process: the reference path (--data_store false)."""
 
     def __init__(self, image_map: str, captions: str):
-        self.refs, self.samples = read_samples(image_map, captions)
-        self.folder = None  # no cache for lengths
+        self.refs, self.samples = read_samples(image_map, captions)  # no folder: lengths are not cached
 
     def __len__(self):
         return len(self.samples)
@@ -68,10 +76,6 @@ class JsonSamples:
 
     def paths(self, index: int) -> list[str]:
         return [self.refs[key] for key in self.samples[index]["images"]]
-
-    def lengths(self, key: str, measure, progress: bool = True) -> np.ndarray:
-        """measure(sample, paths) of every sample: cached in the store under `key`."""
-        return cached_lengths(self.folder, key, len(self), lambda i: measure(self[i], self.paths(i)), progress)
 
 
 def store_folder(captions: str) -> str:
@@ -143,7 +147,7 @@ def build_store(image_map: str, captions: str, progress: bool = True) -> str:
         return folder
 
 
-class SampleStore:
+class SampleStore(Samples):
     """The samples of a store, by index, each as captions.json holds it."""
 
     def __init__(self, folder: str):
@@ -167,10 +171,6 @@ class SampleStore:
 
     def paths(self, index: int) -> list[str]:
         return self.path_lists[int(index)].as_py()
-
-    def lengths(self, key: str, measure, progress: bool = True) -> np.ndarray:
-        """measure(sample, paths) of every sample: cached in the store under `key`."""
-        return cached_lengths(self.folder, key, len(self), lambda i: measure(self[i], self.paths(i)), progress)
 
 
 def open_samples(image_map: str, captions: str, store: bool = True, progress: bool = True):

@@ -63,12 +63,14 @@ class VLMDataset(Dataset):
         """Caption alternatives are drawn anew each epoch."""
         self.epoch = epoch
 
-    def messages(self, index: int, longest: bool = False) -> list[dict]:
-        """The conversation, each caption alternative drawn for this epoch (or the longest, for a length bound)."""
-        return self.pick(self.samples[index]["conversations"], random.Random(f"{self.seed}:{self.epoch}:{index}"),
-                         longest)
+    def messages(self, index: int, sample: dict | None = None) -> list[dict]:
+        """Sample `index`'s conversation, each caption alternative drawn for this epoch; `sample`: its record, when
+        the caller has read it already."""
+        sample = sample if sample is not None else self.samples[index]
+        return self.pick(sample["conversations"], random.Random(f"{self.seed}:{self.epoch}:{index}"))
 
     def pick(self, conversations: list[dict], rng: random.Random, longest: bool = False) -> list[dict]:
+        """The conversation, each caption alternative drawn by `rng`, or the longest, for a length bound."""
         def one(m):
             if not m.get("alternatives"):
                 return m["content"]
@@ -109,7 +111,7 @@ class VLMDataset(Dataset):
             pixels, sizes = self.pixels(self.samples.paths(index))
         except ImageLoadError as e:
             raise BadSample(str(e)) from None
-        input_ids, labels = encode_conversation(self.processor, self.messages(index), sizes)
+        input_ids, labels = encode_conversation(self.processor, self.messages(index, sample), sizes)
         if len(input_ids) > self.max_length:
             if self.processor.image_token_id in input_ids[self.max_length:]:
                 raise BadSample(f"an image block does not fit within max_length {self.max_length}")
