@@ -7,7 +7,8 @@
 Each sample's last user turn is answered (given the earlier turns) and compared with its reference
 assistant turn: exact match after stripping whitespace, and BLEU-4, CIDEr-D and ROUGE-L (pycocoevalcap,
 Chinese split into characters), overall and per source. Writes eval_results.json and
-eval_predictions.jsonl next to the checkpoint; the last stdout line is the results as one JSON object.
+eval_predictions.jsonl into --output_dir (default: the checkpoint folder; replacing earlier ones is said on stderr);
+the last stdout line is the results as one JSON object.
 Benchmarks (evaluation/) are answered in batches of similar prompt length into predictions written as LLaVA's
 scripts write them (`<name>_predictions.jsonl`, resumed on a rerun, so LLaVA's scorers take them as they are)
 and scored with their official rules (`<name>_results.json`, which names the rule); LLaVA's files score here too.
@@ -19,13 +20,17 @@ import os
 import sys
 
 from common import atomic_file, exits_on
+from common.cli import add_device_arguments
+from common.quiet import quiet_libraries
 from evaluation import BENCHMARKS, answer_questions, read_predictions
 from evaluation.answers import ANSWER_RULES
 from evaluation.conversations import answer_sorted, eval_items, score
-from model.device import add_device_arguments, load_for_inference, pick_device
 
 
 def write_text(path: str, text: str):
+    """Writes atomically; replacing an earlier file of results is said on stderr (--output_dir keeps both)."""
+    if os.path.exists(path):
+        print(f"note: replacing the earlier {path} (give --output_dir to keep both)", file=sys.stderr)
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -37,9 +42,10 @@ def evaluate_conversations(args, items: list[dict], model) -> dict:
         print("note: pycocoevalcap is not installed; only exact match is scored", file=sys.stderr)
     rows = [{"id": i["id"], "source": i["source"], "images": i["images"], "question": i["messages"][-1]["content"],
              "reference": i["reference"], "prediction": pred} for i, pred in zip(items, predictions, strict=True)]
-    write_text(os.path.join(args.model_weights, "eval_predictions.jsonl"),
+    folder = args.output_dir or args.model_weights
+    write_text(os.path.join(folder, "eval_predictions.jsonl"),
                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_text(os.path.join(args.model_weights, "eval_results.json"), json.dumps(results, indent=2))
+    write_text(os.path.join(folder, "eval_results.json"), json.dumps(results, indent=2))
     return results
 
 
@@ -89,8 +95,8 @@ def main(argv=None) -> int:
                                    "circular|single, an MME category, ScienceQA's test|val|...")
     p.add_argument("--images", help="--benchmark: the image folder (default: where docs/evaluation.md says)")
     p.add_argument("--predictions", help="--benchmark: predictions JSONL to answer into / resume / score")
-    p.add_argument("--output_dir", help="--benchmark: where predictions and results go (default: the checkpoint; "
-                                        "results of --predictions: beside that file)")
+    p.add_argument("--output_dir", help="where predictions and results go (default: the checkpoint folder; results "
+                                        "of --predictions: beside that file)")
     p.add_argument("--answer_rule", choices=ANSWER_RULES, default="official",
                    help="--benchmark scienceqa|mmbench: how a letter is read from an answer: the benchmark's official "
                         "rule (default), or lenient (free-form answers too)")
@@ -104,6 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true")
     add_device_arguments(p)
     args = p.parse_args(argv)
+    quiet_libraries()
+    from model.device import load_for_inference, pick_device  # after parsing: --help answers without torch
+
     if args.benchmark:
         if not args.data:
             raise ValueError("--benchmark needs --data (the benchmark's file or folder)")

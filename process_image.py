@@ -9,8 +9,7 @@ import os
 import sys
 
 from common import exits_on
-from common.store import build_store
-from dataprocess.pipeline import load_config, process
+from common.quiet import quiet_libraries
 from dataprocess.records import DataError
 
 
@@ -23,6 +22,10 @@ def main(argv=None) -> int:
                         help="skip the sample store (train.py builds it on first use, or reads captions.json with "
                              "--data_store false)")
     args = parser.parse_args(argv)
+    quiet_libraries()
+    from common.store import build_store  # after parsing: --help answers without torch, datasets or pyarrow
+    from dataprocess.pipeline import load_config, process
+
     config = load_config(args.config)
     report = process(config, progress=not args.no_progress)
     print(f"{'source':40} {'read':>8} {'written':>8} {'dropped':>8} {'missing':>8} {'corrupt':>8}")

@@ -16,13 +16,12 @@ import os
 import sys
 import threading
 
-import torch
 from tqdm import tqdm
-from transformers import TextIteratorStreamer
 
 from common import IMAGE_MARKER, atomic_file, exits_on
-from model.device import add_device_arguments, load_for_inference, pick_device
-from visual import ImageLoadError, load_image
+from common.cli import add_device_arguments
+from common.quiet import quiet_libraries
+from visual import ImageLoadError, image_size, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -85,6 +84,8 @@ def answer_one(model, messages, images, args) -> str:
         text = model.answer([messages], [images], **kwargs)[0]
         print(text, file=out, flush=True)
         return text
+    from transformers import TextIteratorStreamer
+
     streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
     result = {}
     thread = threading.Thread(target=lambda: result.update(text=model.answer([messages], [images], streamer=streamer,
@@ -97,7 +98,9 @@ def answer_one(model, messages, images, args) -> str:
     return result["text"]
 
 
-def read_questions(args) -> list[dict]:
+def read_questions(args) -> list[tuple[str, dict]]:
+    """(where, row) of every question: `FILE line N` of --questions, or the image's path in a folder. Every image is
+    checked now (its header read), so that a bad line fails before the model loads, with its line number."""
     if args.questions:
         if not os.path.isfile(args.questions):
             raise UsageError(f"questions file not found: {args.questions}")
@@ -108,28 +111,50 @@ def read_questions(args) -> list[dict]:
                     try:
                         row = json.loads(line)
                         images = {"images": row["images"]} if "images" in row else {"image": row["image"]}
-                        rows.append({"id": row.get("id", n), **images, "question": row["question"]})
+                        rows.append((f"{args.questions} line {n}", {"id": row.get("id", n), **images,
+                                                                     "question": row["question"]}))
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise UsageError(f"{args.questions} line {n} is not {{\"image\": ..., \"question\": ...}} "
                                          "(or \"images\": [...])") from None
-        return rows
-    folder = args.image_path[0]
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-        raise UsageError(f"no images in folder {folder}")
-    return [{"id": name, "image": os.path.join(folder, name), "question": args.prompt} for name in names]
+    else:
+        folder = args.image_path[0]
+        names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
+            raise UsageError(f"no images in folder {folder}")
+        rows = [(os.path.join(folder, name), {"id": name, "image": os.path.join(folder, name),
+                                              "question": args.prompt}) for name in names]
+    for where, row in rows:
+        for path in row.get("images", [row.get("image")]):
+            try:
+                image_size(path)
+            except ImageLoadError as e:
+                raise UsageError(f"{where}: {e}") from None
+    return rows
 
 
-def answer_batch(model, args):
-    rows = read_questions(args)
+def answer_batch(model, args, rows: list[tuple[str, dict]]):
+    """Answers read_questions' rows in batches. If an image goes bad mid-run (changed since it was checked), the
+    answers so far are written and its line is named."""
+    done, failure = 0, None
     with atomic_file(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for start in tqdm(range(0, len(rows), args.batch_size), desc="answering", unit="batch"):
-            chunk = rows[start:start + args.batch_size]
-            images = [[load_image(p) for p in r.get("images", [r.get("image")])] for r in chunk]
-            conversations = [[{"role": "user", "content": with_image_marker(r["question"], len(imgs), warn=False)}]
-                             for r, imgs in zip(chunk, images, strict=True)]
-            for row, text in zip(chunk, model.answer(conversations, images, **generation_kwargs(args)), strict=True):
+            chunk, images = rows[start:start + args.batch_size], []
+            for where, row in chunk:
+                try:
+                    images.append([load_image(p) for p in row.get("images", [row.get("image")])])
+                except ImageLoadError as e:
+                    failure = UsageError(f"{where}: {e}; the {done} answers before it are in {args.output}")
+                    break
+            if failure:
+                break
+            conversations = [[{"role": "user", "content": with_image_marker(row["question"], len(imgs), warn=False)}]
+                             for (_, row), imgs in zip(chunk, images, strict=True)]
+            for (_, row), text in zip(chunk, model.answer(conversations, images, **generation_kwargs(args)),
+                                      strict=True):
                 f.write(json.dumps({**row, "answer": text}, ensure_ascii=False) + "\n")
+            done += len(chunk)
+    if failure:
+        raise failure
     print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
 
 
@@ -164,13 +189,19 @@ def chat(model, args, images_given):
 @exits_on(FileNotFoundError, ValueError, OSError)  # ImageLoadError and UsageError are ValueErrors
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_libraries()
+    import torch  # after parsing: --help answers without torch and transformers
+
+    from model.device import load_for_inference, pick_device
+
     pick_device(args.device)  # a missing GPU fails before anything loads
     paths = args.image_path or []
     folder = len(paths) == 1 and os.path.isdir(paths[0])
     if len(paths) > 1 and any(os.path.isdir(p) for p in paths):
         raise UsageError("--image_path takes image files, or one folder")
     batch_mode = bool(args.questions) or folder
-    images = [] if folder else [load_image(p) for p in paths]  # fail on a bad image before loading the model
+    rows = read_questions(args) if batch_mode else []  # bad input fails before the model loads
+    images = [] if folder else [load_image(p) for p in paths]
     if not (args.interactive or batch_mode):
         prompt = with_image_marker(args.prompt, len(images))
     torch.manual_seed(args.seed)
@@ -180,7 +211,7 @@ def main(argv=None) -> int:
     if args.interactive:
         chat(model, args, images)
     elif batch_mode:
-        answer_batch(model, args)
+        answer_batch(model, args, rows)
     else:
         answer_one(model, [{"role": "user", "content": prompt}], images, args)
 

@@ -1,6 +1,7 @@
-"""Train a VLM: python train.py --base_language_model LLM --base_vision_model VISION --output_dir DIR [...]
+"""Train a VLM: python train.py [CONFIG.yaml] --base_language_model LLM --base_vision_model VISION --output_dir DIR
 
-Puts the pieces together (arguments, model, data, trainer) and calls trainer.train(). See train.sh for
+Puts the pieces together (arguments, model, data, trainer) and calls trainer.train(). The arguments come from the
+command line, or from a YAML or JSON file of them (configs/) with command-line flags overriding it. See train.sh for
 the recipes and docs/training.md for every flag.
 """
 
@@ -8,6 +9,15 @@ import importlib.util
 import os
 import re
 import sys
+
+from common.quiet import quiet_libraries
+from training.help import HELP_FLAGS, train_help
+
+if __name__ == "__main__":
+    if HELP_FLAGS & set(sys.argv[1:]):  # answered from the sources, before torch and transformers load (7 s -> 0.2 s)
+        train_help(__doc__.splitlines()[0]).print_help()
+        sys.exit(0)
+    quiet_libraries()
 
 import torch
 from transformers import HfArgumentParser, IntervalStrategy, set_seed
@@ -21,7 +31,7 @@ from model import VisionLanguageModel, VLMConfig
 from model.checkpoint import load_projector_file
 from model.loss import resolve as resolve_loss
 from model.zero3 import place_buffers
-from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments
+from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments, parse_arguments
 from training.checkpoints import incomplete_reason, latest_complete_checkpoint
 from training.health import PREEMPTED_EXIT, RunStopped, bad_sample_limit
 from training.plot import plot_loss
@@ -112,15 +122,18 @@ def resume_point(args: VLMTrainingArguments) -> str | None:
     return path
 
 
-def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments, argv,
+def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments, given: set[str],
             callbacks) -> tuple[VLMTrainer, str | None]:
-    """Everything up to the first step; bad input raises FileNotFoundError or ValueError."""
+    """Everything up to the first step; bad input raises FileNotFoundError or ValueError. `given`: the argument
+    names the command line or the config file set."""
     heldout = check_data(data_args, args)
     bad_sample_limit(args.max_bad_samples, 1)  # validates the flag before any model is loaded
     if args.fsdp and model_args.llm_mode == "qlora":
         raise ValueError("--llm_mode qlora does not run under --fsdp (FSDP2 cannot shard bitsandbytes' 4-bit weights): "
                          "train QLoRA with one process per GPU")
     dtype = resolve_precision(args)
+    if not torch.cuda.is_available():  # pinned memory serves only a GPU (torch warns of it on every DataLoader)
+        args.dataloader_pin_memory = False
     set_seed(args.seed)  # the projector and LoRA initialisations are random too: a run must be repeatable
     if args.deepspeed:  # ZeRO-3 partitions weights at load: deepspeed.comm must know the processes by then
         import deepspeed
@@ -143,7 +156,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     if args.activation_checkpointing is None:  # on by default for LLMs of 1B parameters and more
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.llm.parameters())  # ZeRO-3: whole sizes
         args.activation_checkpointing = n_params >= 1e9
-    if args.report_to == [] and "--report_to" not in (argv or sys.argv) and importlib.util.find_spec("tensorboard"):
+    if args.report_to == [] and "report_to" not in given and importlib.util.find_spec("tensorboard"):
         args.report_to = ["tensorboard"]
     eval_dataset = None
     if data_args.eval_captions_file:  # the held-out loss, at the labelled positions as the training loss
@@ -164,10 +177,11 @@ def one_sentence(error: Exception) -> str:
 
 
 def main(argv=None, callbacks=None) -> int:
-    parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments),
+                              description=__doc__.splitlines()[0])
     try:  # the Trainer's own checks of its flags (--load_best_model_at_end with unlike strategies...): one sentence
-        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-        trainer, resume = prepare(model_args, data_args, args, argv, callbacks)
+        model_args, data_args, args, given = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
+        trainer, resume = prepare(model_args, data_args, args, given, callbacks)
     except (FileNotFoundError, ValueError) as e:
         return fail(e)
     try:

@@ -7,10 +7,16 @@
 #   FSDP=configs/fsdp2.json sh train.sh   # FSDP2: the LLM's blocks and the tower's layers sharded (docs/training.md)
 #   PACKING=1 sh train.sh             # padding-free packing: rows of --max_length tokens (docs/training.md)
 #   QLORA=1 sh train.sh               # stage 2 as QLoRA: LoRA on the LLM loaded in 4-bit NF4 (one 24 GB card)
+#   CONFIG=configs/stage2.yaml sh train.sh   # the recipe from a config file (configs/); flags after it override it
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 sh train.sh   # on each node, its own NODE_RANK
 set -e
 cd "$(dirname "$0")"
 
+# With CONFIG, the file holds the recipe, models, data and output folder; only the variables set here are added.
+CONFIG_SET=""
+for var in LLM VISION OUTPUT_DIR IMAGE_MAP CAPTIONS; do
+    if eval "[ -n \"\${$var+x}\" ]"; then CONFIG_SET="$CONFIG_SET $var"; fi
+done
 LLM=${LLM:-Qwen/Qwen-7B-Chat}
 VISION=${VISION:-google/siglip-so400m-patch14-384}
 STAGE=${STAGE:-2}
@@ -47,6 +53,27 @@ NPROC=${NPROC_PER_NODE:-$NPROC}
 # The repo's .venv when there is one, else PYTHON or python3 (a conda env, say).
 if [ -z "$PYTHON" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+LAUNCH="$PYTHON -m torch.distributed.run --nnodes ${NNODES:-1} --node_rank ${NODE_RANK:-0} --nproc_per_node $NPROC
+    --master_addr ${MASTER_ADDR:-127.0.0.1} --master_port ${MASTER_PORT:-29500}"
+if [ -n "$CONFIG" ]; then
+    FLAGS=""
+    for var in $CONFIG_SET; do
+        case $var in
+            LLM) FLAGS="$FLAGS --base_language_model $LLM" ;;
+            VISION) FLAGS="$FLAGS --base_vision_model $VISION" ;;
+            OUTPUT_DIR) FLAGS="$FLAGS --output_dir $OUTPUT_DIR" ;;
+            IMAGE_MAP) FLAGS="$FLAGS --image_map $IMAGE_MAP" ;;
+            CAPTIONS) FLAGS="$FLAGS --captions_file $CAPTIONS" ;;
+        esac
+    done
+    SWITCHES=""
+    if [ -n "$QLORA" ] && [ "$QLORA" != 0 ]; then SWITCHES="$SWITCHES --llm_mode qlora"; fi
+    if [ -n "$DEEPSPEED" ]; then SWITCHES="$SWITCHES --deepspeed $DEEPSPEED"; fi
+    if [ -n "$FSDP" ]; then SWITCHES="$SWITCHES --fsdp --fsdp_config $FSDP"; fi
+    if [ -n "$PACKING" ] && [ "$PACKING" != 0 ]; then SWITCHES="$SWITCHES --packing"; fi
+    # shellcheck disable=SC2086
+    exec $LAUNCH train.py "$CONFIG" $FLAGS $SWITCHES "$@"
 fi
 # shellcheck disable=SC2086
 exec "$PYTHON" -m torch.distributed.run --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --nproc_per_node "$NPROC" \

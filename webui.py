@@ -16,10 +16,9 @@ import os
 import sys
 import threading
 
-from transformers import TextIteratorStreamer
-
 from common import IMAGE_MARKER, exits_on
-from model.device import add_device_arguments, load_for_inference
+from common.cli import add_device_arguments
+from common.quiet import quiet_libraries
 from visual import ImageLoadError, load_image
 
 
@@ -87,6 +86,7 @@ def describe(model, name: str) -> str:
 
 def build_app(model, max_new_tokens: int = 512, name: str = "checkpoint"):
     import gradio as gr
+    from transformers import TextIteratorStreamer
 
     def chat(message, history, temperature=0.0, top_p=1.0, new_tokens=max_new_tokens):
         """The HTTP endpoint is named after it: /chat. Temperature 0 is greedy decoding."""
@@ -134,6 +134,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if importlib.util.find_spec("gradio") is None:
         raise ImportError("the web UI needs Gradio: pip install gradio")
+    quiet_libraries()
+    from model.device import load_for_inference  # after parsing: --help answers without torch
+
     model = load_for_inference(args)
     name = os.path.basename(os.path.normpath(args.model_weights))
     build_app(model, args.max_new_tokens, name).queue().launch(server_name=args.host, server_port=args.port,

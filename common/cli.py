@@ -1,5 +1,7 @@
-"""The command-line rule: bad input ends with one sentence on stderr and exit code 2, not a traceback."""
+"""The command-line rule: bad input ends with one sentence on stderr and exit code 2, not a traceback; and the
+flags that test.py, eval.py and the web UI share. Nothing here imports torch: `--help` answers at once."""
 
+import argparse
 import functools
 import sys
 
@@ -28,3 +30,13 @@ def exits_on(*errors: type[BaseException]):
         return run
 
     return decorate
+
+
+def add_device_arguments(parser: argparse.ArgumentParser):
+    """Where, in which precision and with which decoding loop inference runs (model.device reads them)."""
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cuda | cuda:N | mps | cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="auto: bf16 on GPUs that support it, else fp16 on a GPU, fp32 on the CPU")
+    parser.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "compiled"],
+                        help="auto: compiled on CUDA (static KV cache + torch.compile), static on the CPU, eager "
+                             "elsewhere; eager is transformers' generate (beam search always uses it)")

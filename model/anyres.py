@@ -20,27 +20,7 @@ import torch
 from transformers import LlavaImageProcessor, LlavaNextImageProcessor
 from transformers.image_processing_utils import select_best_resolution
 
-ASPECT_RATIOS = ("square", "pad", "anyres")
-
-
-def default_pinpoints(tile: int) -> list[list[int]]:
-    """LLaVA-NeXT's grids for a tower of `tile` px: 1x2, 2x1, 2x2, 3x1 and 1x3 tiles (height x width)."""
-    return [[tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile], [3 * tile, tile], [tile, 3 * tile]]
-
-
-def parse_pinpoints(text: str | None, tile: int) -> list[list[int]]:
-    """`--image_grid_pinpoints`: "336x672,672x336,..." (height x width, multiples of the tile), or none for the
-    default list."""
-    if not text:
-        return default_pinpoints(tile)
-    try:
-        points = [[int(v) for v in item.lower().split("x")] for item in text.replace(" ", "").split(",") if item]
-    except ValueError:
-        points = []
-    if not points or any(len(p) != 2 or p[0] % tile or p[1] % tile or min(p) <= 0 for p in points):
-        raise ValueError(f"--image_grid_pinpoints takes HxW sizes, multiples of the tower's {tile} px, separated by "
-                         f"commas (e.g. {tile}x{2 * tile},{2 * tile}x{tile}), not {text!r}")
-    return points
+from .layouts import ASPECT_RATIOS
 
 
 def grid_shape(image_size, pinpoints: list[list[int]], tile: int) -> tuple[int, int]:

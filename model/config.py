@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
-from .anyres import ASPECT_RATIOS, parse_pinpoints
+from .layouts import ASPECT_RATIOS, parse_pinpoints
 
 CONFIG_NAME = "vlm_config.json"
 MODES = {

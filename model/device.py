@@ -1,20 +1,11 @@
-"""Where, in which precision and with which decoding loop inference runs: one rule for test.py, eval.py and
-the web UI."""
-
-import argparse
+"""Where, in which precision and with which decoding loop inference runs: one rule for test.py, eval.py, the web UI
+and lmms-eval (their flags: common.cli.add_device_arguments)."""
 
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def add_device_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cuda | cuda:N | mps | cpu")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="auto: bf16 on GPUs that support it, else fp16 on a GPU, fp32 on the CPU")
-    parser.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "compiled"],
-                        help="auto: compiled on CUDA (static KV cache + torch.compile), static on the CPU, eager "
-                             "elsewhere; eager is transformers' generate (beam search always uses it)")
+# torch's names, as lmms-eval's llava_hf takes them (`--model_args dtype=float32`)
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -30,6 +21,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in ("auto", *DTYPES):
+        raise ValueError(f"dtype {name!r} is not one of auto, {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -46,8 +40,11 @@ def pick_decoding(name: str, device: torch.device) -> str:
 def load_for_inference(args):
     """The checkpoint of test.py's, eval.py's or the web UI's arguments, on their device, in their precision,
     with their decoding loop (add_device_arguments, plus --model_weights and the base-model overrides)."""
+    from common.quiet import hide_weight_loading_bar
+
     from .checkpoint import load_checkpoint
 
+    hide_weight_loading_bar()
     device = pick_device(args.device)
     model = load_checkpoint(args.model_weights, llm=args.base_language_model, vision=args.base_vision_model,
                             device=device, dtype=pick_dtype(args.dtype, device))

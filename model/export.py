@@ -20,8 +20,65 @@ and the chat template takes OpenAI-style list content, so `vllm serve OUTPUT` se
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
+
+from common import exits_on
+from common.quiet import hide_weight_loading_bar, quiet_libraries
+from model.config import CONFIG_NAME
+from visual.families import is_open_clip
+
+DTYPE_NAMES = ("bf16", "fp32")
+DEMO_HINT = "for the CPU demo, python -m demo.run --vision vit makes one"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint folder (ours or the original project's)")
+    parser.add_argument("output", help="folder to write; replaced atomically")
+    parser.add_argument("--format", choices=["merged", "llava"], default="merged")
+    parser.add_argument("--base_language_model", help="override the base LLM the checkpoint names")
+    parser.add_argument("--base_vision_model", help="override the base vision encoder the checkpoint names")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="the exported weights' dtype")
+    return parser.parse_args(argv)
+
+
+def llava_problems(vision: str, projector_type: str, post_layernorm: bool) -> list[str]:
+    """Why a VLM cannot become a Llava checkpoint, from its config alone (before any weight loads)."""
+    problems = []
+    if is_open_clip(vision):
+        problems.append(f"its vision tower is open_clip ({vision}), not a transformers CLIP/SigLIP model: train with "
+                        f"a CLIP/SigLIP hub id or folder as --base_vision_model ({DEMO_HINT})")
+    if projector_type != "mlp2x_gelu":
+        problems.append(f"Llava's projector is mlp2x_gelu, not {projector_type}")
+    if post_layernorm:
+        problems.append("Llava cannot apply the vision post-layernorm to the selected layer")
+    return problems
+
+
+@exits_on(FileNotFoundError, ValueError)
+def preflight(argv=None) -> None:
+    """The flags, the checkpoint folder and, for --format llava, its config: checked before torch loads."""
+    args = parse_args(argv)
+    if not os.path.isdir(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint folder not found: {args.checkpoint}")
+    config = os.path.join(args.checkpoint, CONFIG_NAME)
+    if args.format == "llava" and os.path.isfile(config):  # (the original project's layout has no config)
+        with open(config, encoding="utf-8") as f:
+            saved = json.load(f)
+        problems = llava_problems(args.base_vision_model or saved["vision"], saved.get("projector_type", "mlp2x_gelu"),
+                                  saved.get("post_layernorm", False))
+        if problems:
+            raise ValueError(f"cannot export {args.checkpoint} to Llava: " + "; ".join(problems))
+
+
+if __name__ == "__main__":
+    code = preflight()  # --help, bad flags and a checkpoint Llava cannot take answer before torch loads
+    if code:
+        sys.exit(code)
+    quiet_libraries()
+    hide_weight_loading_bar()
 
 import torch
 from peft import PeftModel
@@ -35,7 +92,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from common import atomic_folder, exits_on
+from common import atomic_folder
 from qwen import QWenLMHeadModel
 from qwen.convert import inexact_features, to_fast_tokenizer, to_qwen2
 from visual.hf_tower import HFVisionTower
@@ -122,13 +179,9 @@ def to_llava_model(model: VisionLanguageModel):
     """LlavaForConditionalGeneration (LlavaNextForConditionalGeneration for anyres) with our weights, and the
     transformers tokenizer that goes with it."""
     cfg = model.config
-    problems = []
-    if not isinstance(model.vision_tower, HFVisionTower):
+    problems = llava_problems(cfg.vision, cfg.projector_type, cfg.post_layernorm)
+    if not problems and not isinstance(model.vision_tower, HFVisionTower):
         problems.append("the vision tower is not a transformers CLIP/SigLIP model")
-    if cfg.projector_type != "mlp2x_gelu":
-        problems.append(f"Llava's projector is mlp2x_gelu, not {cfg.projector_type}")
-    if cfg.post_layernorm:
-        problems.append("Llava cannot apply the vision post-layernorm to the selected layer")
     if problems:
         raise ValueError("cannot export to Llava: " + "; ".join(problems))
     llm, tokenizer = native_llm(model)
@@ -198,14 +251,10 @@ def export(checkpoint: str, output: str, fmt: str = "merged", llm=None, vision=N
 
 @exits_on(FileNotFoundError, ValueError)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a checkpoint folder (ours or the original project's)")
-    parser.add_argument("output", help="folder to write; replaced atomically")
-    parser.add_argument("--format", choices=["merged", "llava"], default="merged")
-    parser.add_argument("--base_language_model", help="override the base LLM the checkpoint names")
-    parser.add_argument("--base_vision_model", help="override the base vision encoder the checkpoint names")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the exported weights' dtype")
-    args = parser.parse_args(argv)
+    code = preflight(argv)
+    if code:
+        return code
+    args = parse_args(argv)
     export(args.checkpoint, args.output, args.format, args.base_language_model, args.base_vision_model,
            DTYPES[args.dtype])
     print(f"wrote {args.output}")

@@ -10,8 +10,11 @@ import importlib.util
 
 import torch
 
+from common.quiet import let_bitsandbytes_in
+
 
 def require_bitsandbytes():
+    let_bitsandbytes_in()  # entry points keep it out of runs that never use 4-bit (common/quiet.py)
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--llm_mode qlora needs bitsandbytes, which is not installed: pip install bitsandbytes")
 

@@ -81,6 +81,24 @@ def test_anyres_pixels_and_token_counts_equal_llava_next(bases, vision):
     assert ours == theirs and len(set(ours)) > 2
 
 
+def test_llava_pinpoint_spellings_give_the_same_grids():
+    """Ours (HxW px), LLaVA-NeXT's [(W, H), ...] and OneVision's (1x1),...,(NxN) name the same grids."""
+    from model.layouts import parse_pinpoints
+
+    ours = parse_pinpoints("336x672,672x336,672x672,1008x336,336x1008", 336)
+    assert ours == parse_pinpoints(None, 336)  # LLaVA-NeXT's default list
+    assert parse_pinpoints("[(672, 336), (336, 672), (672, 672), (336, 1008), (1008, 336)]", 336) == ours
+    assert parse_pinpoints("[[672, 336]]", 336) == [[336, 672]]  # (width, height), as LLaVA reads them
+    grids = {tuple(p) for p in parse_pinpoints("(1x1),...,(3x3)", 384)}
+    assert grids == {(384 * h, 384 * w) for w in (1, 2, 3) for h in (1, 2, 3)}
+    assert parse_pinpoints("(1x2),(2x1)", 336) == [[672, 336], [336, 672]]  # just those listed, without "..."
+    square = parse_pinpoints("(1x1),...,(2x2)", 336)
+    assert sorted(square) == sorted(parse_pinpoints("336x336,336x672,672x336,672x672", 336))
+    for bad in ("(1x2", "[(1, 2, 3)]", "(1x1),(axb)", "336x500"):
+        with pytest.raises(ValueError, match="--image_grid_pinpoints takes HxW sizes"):
+            parse_pinpoints(bad, 336)
+
+
 def test_pad_pixels_equal_llava_image_processor(bases):
     model = make(bases, "pad")
     images = [picture(w, h, k) for k, (w, h) in enumerate(SHAPES)]

@@ -2,6 +2,7 @@
 and every flag the documentation shows with a command (in the code blocks of README.md, README_zh.md and
 docs/) is in that command's help."""
 
+import argparse
 import json
 import os
 import re
@@ -38,14 +39,31 @@ OTHER_TOOLS = {"--no-deps", "--no-index", "--find-links", "--no-build-isolation"
                "--model_args", "--tasks", "--include_path", "--output_path", "--log_samples", "--num_processes"}
 
 
+# The entry points whose --help must answer without torch, transformers or peft (training/help.py, common/lazy.py)
+LIGHT = [["train.py"], ["test.py"], ["eval.py"], ["webui.py"], ["process_image.py"], ["-m", "model.export"]]
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
+
 # Runs each Python entry point's `--help` as `python FILE --help` or `python -m MODULE --help` would, one after the
 # other in one fresh interpreter, so that torch and transformers are imported once instead of once per entry point.
+# The LIGHT ones run first, with torch blocked from import by a meta path hook; after each, the heavy libraries
+# imported so far are recorded.
 HELP_DRIVER = """
 import contextlib, io, json, runpy, sys, traceback
+LIGHT, HEAVY = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError(f"{name} is blocked: --help must answer without torch")
+
 results = {}
-for entry in json.loads(sys.argv[1]):
+entries = json.loads(sys.argv[1])
+for entry in sorted(entries, key=lambda e: e not in LIGHT):
     out, err, code = io.StringIO(), io.StringIO(), 0
     sys.argv = [entry[-1], "--help"]
+    blocker = BlockTorch() if entry in LIGHT else None
+    if blocker:
+        sys.meta_path.insert(0, blocker)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             if entry[0] == "-m":
@@ -56,7 +74,10 @@ for entry in json.loads(sys.argv[1]):
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except BaseException:
             code, _ = 1, traceback.print_exc()
-    results[" ".join(entry)] = [code, out.getvalue(), err.getvalue()]
+    if blocker:
+        sys.meta_path.remove(blocker)
+    imported = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY and sys.modules[m]})
+    results[" ".join(entry)] = [code, out.getvalue(), err.getvalue(), imported]
 print(json.dumps(results))
 """
 
@@ -68,11 +89,13 @@ def helps() -> dict[str, subprocess.CompletedProcess]:
     entries = sorted({tuple(e) for e in ENTRY_POINTS.values()})
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     python = [list(e) for e in entries if e[0] != "sh"]
-    driver = subprocess.run([sys.executable, "-c", HELP_DRIVER, json.dumps(python)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    driver = subprocess.run([sys.executable, "-c", HELP_DRIVER, json.dumps(python), json.dumps(LIGHT),
+                             json.dumps(HEAVY)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert driver.returncode == 0, driver.stderr[-3000:]
-    found = {name: subprocess.CompletedProcess(name, code, out, err)
-             for name, (code, out, err) in json.loads(driver.stdout.strip().splitlines()[-1]).items()}
+    found = {}
+    for name, (code, out, err, imported) in json.loads(driver.stdout.strip().splitlines()[-1]).items():
+        found[name] = subprocess.CompletedProcess(name, code, out, err)
+        found[name].imported = imported
     for entry in entries:
         if entry[0] == "sh":
             found[" ".join(entry)] = subprocess.run([*entry, "--help"], cwd=ROOT, env=env, capture_output=True,
@@ -107,6 +130,43 @@ def test_every_entry_point_answers_help(helps):
     for name, result in helps.items():
         assert result.returncode == 0, f"{name} --help exited {result.returncode}:\n{result.stderr[-2000:]}"
         assert "usage" in result.stdout.lower() or "sh scripts/" in result.stdout, f"{name} --help printed no usage"
+
+
+def test_help_answers_without_torch_transformers_or_peft(helps):
+    """With torch blocked from import, each of these still answers, and none of the heavy libraries was loaded."""
+    for entry in LIGHT:
+        result = helps[" ".join(entry)]
+        assert result.returncode == 0 and "usage" in result.stdout, (entry, result.stderr[-2000:])
+        assert result.imported == [], f"{' '.join(entry)} --help imported {result.imported}"
+    assert "--per_device_train_batch_size" in helps["train.py"].stdout  # transformers' TrainingArguments, read
+
+
+def test_train_help_is_hf_argument_parsers_flag_by_flag():
+    """training/help.py reads the dataclasses from source; HfArgumentParser builds the real parser from the imported
+    classes. Same option strings, help, choices, nargs and defaults (where the source states one), same order."""
+    from transformers import HfArgumentParser
+
+    from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments
+    from training.help import train_help
+
+    light = train_help("")._actions
+    real = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments))._actions
+    assert len(light) > 150 and [a.option_strings for a in light] == [a.option_strings for a in real]
+    unknown_defaults, unknown_choices = [], []
+    for ours, theirs in zip(light, real, strict=True):
+        name = ours.option_strings[0]
+        assert (ours.dest, ours.help, ours.nargs, ours.const, ours.required) == (
+            theirs.dest, theirs.help, theirs.nargs, theirs.const, theirs.required), name
+        if ours.choices is None and theirs.choices is not None:
+            unknown_choices.append(name)
+        else:
+            assert ours.choices == theirs.choices or list(ours.choices) == list(theirs.choices), name
+        if ours.default is argparse.SUPPRESS and name != "-h":
+            unknown_defaults.append(name)
+        elif name != "-h":
+            assert ours.default == theirs.default, name
+    # what the source computes at import time is not shown: the optimizer by torch's version, the log levels' names
+    assert unknown_defaults == ["--optim"] and unknown_choices == ["--log_level", "--log_level_replica"]
 
 
 def test_every_documented_flag_is_in_its_help(helps):

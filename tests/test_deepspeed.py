@@ -87,7 +87,7 @@ from transformers import HfArgumentParser
 import train
 model_args, data_args, args = HfArgumentParser(
     (train.ModelArguments, train.DataArguments, train.VLMTrainingArguments)).parse_args_into_dataclasses()
-trainer, _ = train.prepare(model_args, data_args, args, sys.argv, None)
+trainer, _ = train.prepare(model_args, data_args, args, set(), None)
 model = trainer.model
 for part in ("llm", "vision_tower"):
     params = [p for n, p in getattr(model, part).named_parameters() if "lora_" not in n]  # LoRA comes later

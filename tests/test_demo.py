@@ -83,5 +83,10 @@ def test_device_and_dtype_choice():
     assert pick_device("cpu") == cpu
     assert pick_dtype("auto", cpu) == torch.float32 and pick_dtype("auto", mps) == torch.float16
     assert pick_dtype("bf16", cpu) == torch.bfloat16 and pick_dtype("fp16", cpu) == torch.float16
+    # torch's names too, as lmms-eval's llava_hf takes them (--model_args dtype=float32)
+    assert [pick_dtype(n, cpu) for n in ("float32", "bfloat16", "float16")] == [torch.float32, torch.bfloat16,
+                                                                              torch.float16]
+    with pytest.raises(ValueError, match="dtype 'float8' is not one of auto, bf16, fp16, fp32"):
+        pick_dtype("float8", cpu)
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         assert pick_device("auto") == cpu

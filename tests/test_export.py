@@ -154,3 +154,27 @@ def test_export_refuses_what_llava_cannot_hold(tmp_path):
         export(str(tmp_path / "ckpt"), str(tmp_path / "llava"), fmt="llava")
     assert not (tmp_path / "llava").exists()
     assert json.loads((tmp_path / "ckpt" / "vlm_config.json").read_text())["projector_type"] == "linear"
+
+
+def test_llava_export_of_an_open_clip_checkpoint_is_refused_before_torch_loads(tmp_path):
+    """The refusal reads the checkpoint's config only: with torch blocked from import it still comes, in one
+    sentence that names the way to an exportable checkpoint, and nothing is written."""
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "vlm_config.json").write_text(json.dumps({"llm": "x", "vision": "open_clip:RN50",
+                                                            "projector_type": "mlp2x_gelu"}))
+    blocked = ("import runpy, sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+               "sys.meta_path.insert(0, Block())\nsys.argv = ['export'] + sys.argv[1:]\n"
+               "runpy.run_module('model.export', run_name='__main__', alter_sys=True)\n")
+    result = subprocess.run([sys.executable, "-c", blocked, str(checkpoint), str(tmp_path / "out"), "--format",
+                             "llava"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"error: cannot export {checkpoint} to Llava: its vision tower is open_clip "
+                             "(open_clip:RN50), not a transformers CLIP/SigLIP model: train with a CLIP/SigLIP hub id "
+                             "or folder as --base_vision_model (for the CPU demo, python -m demo.run --vision vit "
+                             "makes one)\n")
+    assert not (tmp_path / "out").exists()

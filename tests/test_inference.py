@@ -142,6 +142,80 @@ def test_bad_input_gives_one_sentence_and_exit_2(ckpt, capsys, tmp_path):
         assert "Traceback" not in err
 
 
+def test_questions_with_a_bad_image_fail_before_the_model_loads(ckpt, capsys, tmp_path, monkeypatch):
+    """Every image of --questions is checked up front: a missing one on the last of 13 lines is named by its line,
+    and no model is loaded (loading would fail the test)."""
+    import model.device
+
+    def no_loading(args):
+        raise AssertionError("the model was loaded before the questions were checked")
+
+    monkeypatch.setattr(model.device, "load_for_inference", no_loading)
+    rows = [{"image": str(ckpt["images"] / f"{i % 3}.png"), "question": "what colour?"} for i in range(12)]
+    rows.append({"image": str(tmp_path / "gone.png"), "question": "what colour?"})
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, "--model_weights", ckpt["ckpt"], "--questions", str(questions), "--batch_size", "4",
+                       "--output", str(tmp_path / "a.jsonl"))
+    assert code == 2 and err == f"error: {questions} line 13: image file not found: {tmp_path / 'gone.png'}\n"
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_an_image_gone_bad_mid_run_keeps_the_answers_so_far(ckpt, capsys, tmp_path, monkeypatch):
+    """Checked up front, then corrupted before its batch: the answers before it are written, its line is named."""
+    images = [tmp_path / f"{i}.png" for i in range(5)]
+    for i, path in enumerate(images):
+        Image.new("RGB", (40, 40), (50 * i, 0, 0)).save(path)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"id": i, "image": str(p), "question": "what colour?"}) + "\n"
+                                 for i, p in enumerate(images)))
+    loaded, real = [], cli.load_image
+
+    def load_image(path):  # the fifth image is truncated once the first batch is answered
+        loaded.append(path)
+        if len(loaded) == 3:
+            images[4].write_bytes(images[4].read_bytes()[:30])
+        return real(path)
+
+    monkeypatch.setattr(cli, "load_image", load_image)
+    out = tmp_path / "a.jsonl"
+    code, _, err = run(capsys, "--model_weights", ckpt["ckpt"], "--questions", str(questions), "--batch_size", "2",
+                       "--output", str(out), "--max_new_tokens", "4")
+    last = err.strip().splitlines()[-1]  # after the progress bar
+    assert code == 2 and last.startswith(f"error: {questions} line 5: cannot decode image {images[4]}")
+    assert last.endswith(f"the 4 answers before it are in {out}")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1, 2, 3]
+    assert "Loading weights" not in err  # no library bar for a short command (common/quiet.py)
+
+
+def test_eval_output_dir_leaves_the_checkpoint_as_it_was(ckpt, capsys, tmp_path):
+    """eval.py --output_dir D writes only under D; without it, replacing earlier results is said."""
+    import hashlib
+
+    from tiny import write_color_dataset
+
+    import eval as evaluate
+
+    def contents(folder):
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    image_map, captions = write_color_dataset(tmp_path / "heldout", n=4)
+    checkpoint = tmp_path / "ckpt"
+    os.symlink(ckpt["ckpt"], checkpoint)  # a fresh folder name: earlier tests' results stay out of it
+    before = contents(checkpoint.resolve())
+    for name in ("a", "b"):
+        code = evaluate.main(["--model_weights", str(checkpoint), "--image_map", image_map, "--captions_file",
+                              captions, "--output_dir", str(tmp_path / name), "--max_new_tokens", "4"])
+        assert code == 0
+        assert sorted(os.listdir(tmp_path / name)) == ["eval_predictions.jsonl", "eval_results.json"]
+    assert contents(checkpoint.resolve()) == before and "replacing" not in capsys.readouterr().err
+    code = evaluate.main(["--model_weights", str(checkpoint), "--image_map", image_map, "--captions_file", captions,
+                          "--output_dir", str(tmp_path / "a"), "--max_new_tokens", "4"])
+    assert code == 0 and f"note: replacing the earlier {tmp_path / 'a' / 'eval_results.json'}" in (
+        capsys.readouterr().err)
+
+
 def test_test_sh_original_command_line(ckpt):
     """The original flags (--base_value_model among them) through test.sh, in a real process."""
     env = dict(os.environ, PYTHON=sys.executable, MODEL_WEIGHTS=ckpt["ckpt"], IMAGE=str(ckpt["images"] / "2.png"),

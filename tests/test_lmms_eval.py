@@ -116,7 +116,8 @@ def test_our_model_in_lmms_eval_answers_as_eval_py_and_chooses_by_its_log_probab
                                                                                          capsys):
     expected = eval_py_answers(checkpoint, capsys)
     assert sum(a == d["answer"] for a, d in zip(expected, checkpoint["docs"], strict=True)) >= 6, expected  # learned
-    ran = lmms_eval("vlm", f"pretrained={checkpoint['run']},device=cpu", "vlm_colours,vlm_colours_choice",
+    # dtype=float32: torch's spelling, as llava_hf takes it (ours is fp32; both work)
+    ran = lmms_eval("vlm", f"pretrained={checkpoint['run']},device=cpu,dtype=float32", "vlm_colours,vlm_colours_choice",
                     checkpoint, tmp_path / "out")
     free = [row["filtered_resps"] for row in ran["answers"]["vlm_colours"]]
     print(f"eval.py: {expected}\nlmms-eval --model vlm: {free}")

@@ -1,12 +1,19 @@
-"""Typed command-line arguments of train.py, parsed with HfArgumentParser.
+"""Typed command-line arguments of train.py, parsed with HfArgumentParser, from the command line or a config file.
 
 Every flag of the original train.sh keeps its meaning: --lora_rank, --lora_dropout, --feature_proj_lr,
 --target_modules, --image_map, --captions_file, and the standard TrainingArguments flags.
+
+A config file (YAML or JSON, as `trl sft --config` and LLaMA-Factory take) maps flag names to values; `base:
+other.yaml` reads another file first (a path relative to this one), whose values this one's override. Flags on the
+command line override the file.
 """
 
+import json
+import os
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
+import yaml
+from transformers.training_args import TrainingArguments  # its defining module: training/help.py reads it
 
 from dataset.packing import DEFAULT_BUFFER
 
@@ -102,3 +109,49 @@ class VLMTrainingArguments(TrainingArguments):
     eval_max_new_tokens: int = field(default=64, metadata={"help": "--eval_generate: the longest answer, in tokens"})
     # the Trainer's defaults that do not fit a VLM
     remove_unused_columns: bool = field(default=False)
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def read_config_file(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """{argument name: value} of a YAML or JSON config file, its `base:` chain read first."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    if os.path.abspath(path) in seen:
+        raise ValueError(f"{path}: its base: chain comes back to it")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ValueError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                             f"{str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must map argument names to values (name: value), not hold a {type(values).__name__}")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    return {**read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path))), **values}
+
+
+def parse_arguments(parser, argv: list[str]) -> tuple:
+    """`train.py [CONFIG.yaml|.json] [--flag value ...]` -> (ModelArguments, DataArguments, VLMTrainingArguments,
+    the names given by the file or the command line). The file's values become the parser's defaults, converted
+    as the command line's strings are, so the same flag on the command line overrides them."""
+    argv = list(argv)
+    values = {}
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        path = argv.pop(0)
+        values = read_config_file(path)
+        known = {action.dest for action in parser._actions}
+        unknown = [key for key in values if key not in known]
+        if unknown:
+            raise ValueError(f"{path}: {unknown[0]!r} is not an argument of train.py (python train.py --help lists "
+                             "them)")
+        for action in parser._actions:  # a required flag the file gives is not required on the command line
+            if action.dest in values:
+                action.required = False
+        parser.set_defaults(**values)
+    given = set(values) | {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+    return (*parser.parse_args_into_dataclasses(args=argv), given)

@@ -1,8 +1,11 @@
 """Vision encoders (CLIP, SigLIP, open_clip) behind one interface: pixel_values -> features (B, N, D)."""
 
-from .images import ImageLoadError, image_size, load_image, to_rgb
-from .loader import load_vision_tower
-from .tower import FeatureSelection, VisionTower
+from common.lazy import lazy_exports
+
+# each name loads its submodule on first use: image loading needs PIL only, the towers torch and transformers
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ImageLoadError": ".images", "image_size": ".images", "load_image": ".images", "to_rgb": ".images",
+    "load_vision_tower": ".loader", "FeatureSelection": ".tower", "VisionTower": ".tower"})
 
 __all__ = ["FeatureSelection", "ImageLoadError", "VisionTower", "image_size", "load_image", "load_vision_tower",
            "to_rgb"]

@@ -1,13 +1,11 @@
 """load_vision_tower: a vision encoder by name, whatever its family."""
 
-import os
 
 import torch
 
+from .families import OPEN_CLIP_PREFIX, is_open_clip
 from .hf_tower import HFVisionTower
-from .tower import OPEN_CLIP_CONFIG, FeatureSelection, VisionTower
-
-OPEN_CLIP_PREFIX = "open_clip:"
+from .tower import FeatureSelection, VisionTower
 
 
 def load_vision_tower(
@@ -21,7 +19,7 @@ def load_vision_tower(
     or a folder that `VisionTower.save_pretrained` wrote. Frozen unless `trainable`. device=None leaves
     the weights where loading put them (the CPU; under ZeRO-3, a transformers tower is partitioned)."""
     selection = selection or FeatureSelection()
-    if name.startswith(OPEN_CLIP_PREFIX) or os.path.isfile(os.path.join(name, OPEN_CLIP_CONFIG)):
+    if is_open_clip(name):
         from .open_clip_tower import OpenCLIPVisionTower  # open_clip and timm load only for their towers
 
         tower = OpenCLIPVisionTower.load(name.removeprefix(OPEN_CLIP_PREFIX), selection).to(dtype=dtype)

@@ -13,7 +13,8 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 
-from .tower import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, FeatureSelection, VisionTower
+from .families import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
+from .tower import FeatureSelection, VisionTower
 
 # timm, under open_clip, imports wandb when it is installed, for a logging helper of its own that we never call:
 # seconds at every start. wandb is hidden while open_clip loads; the Trainer's W&B reporting imports it as usual.

@@ -6,8 +6,6 @@ import torch
 from torch import nn
 
 SELECT_FEATURES = ("patch", "cls_patch", "all_but_first")
-OPEN_CLIP_CONFIG = "open_clip_vision_config.json"  # what marks a folder as a saved open_clip tower
-OPEN_CLIP_WEIGHTS = "open_clip_vision.safetensors"
 
 
 @dataclass
