@@ -64,7 +64,9 @@ class StubModel:
 def answer_with(monkeypatch):
     """eval.py's benchmark path with a given model answering: returns the predictions file it writes."""
     def run(model, name, data, folder, *extra) -> Path:
-        monkeypatch.setattr(eval_cli, "load_for_inference", lambda _args: model)
+        import model.device as device  # eval.py imports its loader from there once its flags are parsed
+
+        monkeypatch.setattr(device, "load_for_inference", lambda _args: model)
         assert eval_cli.main(["--model_weights", str(folder), "--benchmark", name, "--data", str(data),
                               "--output_dir", str(folder), "--no_progress", *extra]) == 0
         return folder / f"{name}_predictions.jsonl"

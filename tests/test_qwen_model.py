@@ -210,7 +210,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_qwen):
 
     tiny_qwen.train()
     plain = grads()
-    tiny_qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tiny_qwen.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert tiny_qwen.transformer.h[0].gradient_checkpointing
     checkpointed = grads()
     for name in plain:
