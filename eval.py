@@ -22,9 +22,8 @@ import sys
 from common import atomic_file, exits_on
 from common.cli import add_device_arguments
 from common.quiet import quiet_libraries
-from evaluation import BENCHMARKS, answer_questions, read_predictions
 from evaluation.answers import ANSWER_RULES
-from evaluation.conversations import answer_sorted, eval_items, score
+from evaluation.benchmarks import BENCHMARKS
 
 
 def write_text(path: str, text: str):
@@ -36,6 +35,8 @@ def write_text(path: str, text: str):
 
 
 def evaluate_conversations(args, items: list[dict], model) -> dict:
+    from evaluation.conversations import answer_sorted, score
+
     predictions = answer_sorted(model, items, args.batch_size, args.max_new_tokens, not args.no_progress)
     results = score(predictions, [i["reference"] for i in items], [i["source"] for i in items])
     if "bleu4" not in results:
@@ -52,6 +53,8 @@ def evaluate_conversations(args, items: list[dict], model) -> dict:
 def evaluate_benchmark(args, model) -> dict:
     """One benchmark: answered into LLaVA-layout predictions (resumed where a predictions file exists), or a
     predictions file read as it is; scored; the results JSON beside the predictions and one table."""
+    from evaluation.runner import answer_questions, read_predictions
+
     benchmark = BENCHMARKS[args.benchmark]
     name = benchmark.run_name(args.split)
     questions = benchmark.load(args.data, args.split, args.images, ocr_tokens=args.ocr_tokens)[: args.limit]
@@ -111,7 +114,8 @@ def main(argv=None) -> int:
     add_device_arguments(p)
     args = p.parse_args(argv)
     quiet_libraries()
-    from model.device import load_for_inference, pick_device  # after parsing: --help answers without torch
+    from evaluation.conversations import eval_items  # after parsing: --help answers without torch, PIL or tqdm
+    from model.device import load_for_inference, pick_device
 
     if args.benchmark:
         if not args.data:

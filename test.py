@@ -16,12 +16,10 @@ import os
 import sys
 import threading
 
-from tqdm import tqdm
-
+import visual  # its names load on first use (PIL), after --help
 from common import IMAGE_MARKER, atomic_file, exits_on
 from common.cli import add_device_arguments
 from common.quiet import quiet_libraries
-from visual import ImageLoadError, image_size, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -126,8 +124,8 @@ def read_questions(args) -> list[tuple[str, dict]]:
     for where, row in rows:
         for path in row.get("images", [row.get("image")]):
             try:
-                image_size(path)
-            except ImageLoadError as e:
+                visual.image_size(path)
+            except visual.ImageLoadError as e:
                 raise UsageError(f"{where}: {e}") from None
     return rows
 
@@ -135,14 +133,16 @@ def read_questions(args) -> list[tuple[str, dict]]:
 def answer_batch(model, args, rows: list[tuple[str, dict]]):
     """Answers read_questions' rows in batches. If an image goes bad mid-run (changed since it was checked), the
     answers so far are written and its line is named."""
+    from tqdm import tqdm
+
     done, failure = 0, None
     with atomic_file(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for start in tqdm(range(0, len(rows), args.batch_size), desc="answering", unit="batch"):
             chunk, images = rows[start:start + args.batch_size], []
             for where, row in chunk:
                 try:
-                    images.append([load_image(p) for p in row.get("images", [row.get("image")])])
-                except ImageLoadError as e:
+                    images.append([visual.load_image(p) for p in row.get("images", [row.get("image")])])
+                except visual.ImageLoadError as e:
                     failure = UsageError(f"{where}: {e}; the {done} answers before it are in {args.output}")
                     break
             if failure:
@@ -169,9 +169,9 @@ def chat(model, args, images_given):
             break
         if line.startswith("/image"):
             try:
-                pending.append(load_image(line[len("/image"):].strip()))
+                pending.append(visual.load_image(line[len("/image"):].strip()))
                 print(f"(image added: {len(pending)} with the next question)", file=sys.stderr)
-            except ImageLoadError as e:
+            except visual.ImageLoadError as e:
                 print(f"error: {e}", file=sys.stderr)
             continue
         if not line:
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         raise UsageError("--image_path takes image files, or one folder")
     batch_mode = bool(args.questions) or folder
     rows = read_questions(args) if batch_mode else []  # bad input fails before the model loads
-    images = [] if folder else [load_image(p) for p in paths]
+    images = [] if folder else [visual.load_image(p) for p in paths]
     if not (args.interactive or batch_mode):
         prompt = with_image_marker(args.prompt, len(images))
     torch.manual_seed(args.seed)

@@ -16,10 +16,10 @@ import os
 import sys
 import threading
 
+import visual  # its names load on first use (PIL), after --help
 from common import IMAGE_MARKER, exits_on
 from common.cli import add_device_arguments
 from common.quiet import quiet_libraries
-from visual import ImageLoadError, load_image
 
 
 def file_paths(content) -> list[str]:
@@ -54,7 +54,7 @@ def to_conversation(history: list[dict], message: dict) -> tuple[list[dict], lis
     for turn in turns:
         paths, text = file_paths(turn["content"]), text_of(turn["content"])
         if turn["role"] == "user":
-            images += [load_image(p) for p in paths]
+            images += [visual.load_image(p) for p in paths]
             content = IMAGE_MARKER * len(paths) + text
             if messages and messages[-1]["role"] == "user":  # an upload and its question arrive as two turns
                 messages[-1]["content"] += content
@@ -92,7 +92,7 @@ def build_app(model, max_new_tokens: int = 512, name: str = "checkpoint"):
         """The HTTP endpoint is named after it: /chat. Temperature 0 is greedy decoding."""
         try:
             messages, images = to_conversation(history, message)
-        except ImageLoadError as e:
+        except visual.ImageLoadError as e:
             yield f"error: {e}"
             return
         if not messages[-1]["content"].replace(IMAGE_MARKER, "").strip():

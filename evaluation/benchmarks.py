@@ -5,17 +5,21 @@ summary(results); optionally DEFAULT_SPLIT, row_keys(row) (the keys a prediction
 LLaVA's layout keys it by more than its question_id) and write_companions(...) (files LLaVA's tools take
 with the results: POPE's question file, MMBench's submission sheet)."""
 
+import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from . import gqa, mmbench, mme, pope, scienceqa, textvqa
-from .runner import default_row_keys
+NAMES = ("pope", "mme", "mmbench", "textvqa", "scienceqa", "gqa")  # each one's module: evaluation/<name>.py
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    module: ModuleType
+
+    @property
+    def module(self) -> ModuleType:
+        """Its reader and scorer, imported on first use (eval.py --help names the benchmarks without them)."""
+        return importlib.import_module(f"{__package__}.{self.name}")
 
     def run_name(self, split: str | None) -> str:
         """The predictions and results files' stem: the benchmark, and the split unless it is the default."""
@@ -33,6 +37,8 @@ class Benchmark:
 
     @property
     def row_keys(self):
+        from .runner import default_row_keys
+
         return getattr(self.module, "row_keys", default_row_keys)
 
     def write_companions(self, questions, answers, folder, split, data):
@@ -40,6 +46,4 @@ class Benchmark:
             self.module.write_companions(questions, answers, folder, split, data)
 
 
-BENCHMARKS = {b.name: b for b in (Benchmark("pope", pope), Benchmark("mme", mme), Benchmark("mmbench", mmbench),
-                                  Benchmark("textvqa", textvqa), Benchmark("scienceqa", scienceqa),
-                                  Benchmark("gqa", gqa))}
+BENCHMARKS = {name: Benchmark(name) for name in NAMES}

@@ -5,10 +5,8 @@ import io
 import json
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 import common
-from visual import load_image
+import visual
 
 
 class BenchmarkDataError(ValueError):
@@ -39,10 +37,11 @@ class Question:
         if self.recorded_prompt is None:
             self.recorded_prompt = self.prompt
 
-    def load_image(self) -> Image.Image:
+    def load_image(self):
+        """The question's image as an RGB PIL image."""
         if isinstance(self.image, bytes):
-            return load_image(io.BytesIO(self.image))
-        return load_image(self.image)
+            return visual.load_image(io.BytesIO(self.image))
+        return visual.load_image(self.image)
 
 
 def read_json(path: str):

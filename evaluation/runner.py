@@ -7,8 +7,6 @@ questions already answered; once all are, the file is rewritten in question orde
 import json
 import os
 
-from tqdm import tqdm
-
 from common import IMAGE_MARKER, atomic_file
 
 from .data import BenchmarkDataError, Question
@@ -92,6 +90,8 @@ def answer_questions(model, questions: list[Question], path: str, batch_size: in
                      model_id: str = "", progress: bool = True, row_keys=default_row_keys) -> dict:
     """Answers the questions not yet in `path` (greedy), appending one line each as they come; then writes the
     file in question order. Returns question key -> answer text."""
+    from tqdm import tqdm  # on use: eval.py --help needs this module's names only
+
     answers = read_predictions(path, questions, row_keys)
     todo = sorted((q for q in questions if q.key not in answers), key=lambda q: -len(q.prompt))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -169,7 +169,9 @@ def test_an_image_gone_bad_mid_run_keeps_the_answers_so_far(ckpt, capsys, tmp_pa
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"id": i, "image": str(p), "question": "what colour?"}) + "\n"
                                  for i, p in enumerate(images)))
-    loaded, real = [], cli.load_image
+    import visual
+
+    loaded, real = [], visual.load_image
 
     def load_image(path):  # the fifth image is truncated once the first batch is answered
         loaded.append(path)
@@ -177,7 +179,7 @@ def test_an_image_gone_bad_mid_run_keeps_the_answers_so_far(ckpt, capsys, tmp_pa
             images[4].write_bytes(images[4].read_bytes()[:30])
         return real(path)
 
-    monkeypatch.setattr(cli, "load_image", load_image)
+    monkeypatch.setattr(visual, "load_image", load_image)
     out = tmp_path / "a.jsonl"
     code, _, err = run(capsys, "--model_weights", ckpt["ckpt"], "--questions", str(questions), "--batch_size", "2",
                        "--output", str(out), "--max_new_tokens", "4")
