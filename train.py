@@ -24,17 +24,22 @@ from transformers import HfArgumentParser, IntervalStrategy, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from common.cli import fail
-from common.store import build_store, read_samples
+from common.store import build_store, open_samples, read_samples
 from dataset import DataUnavailable, Mixture, PackedDataset, VLMCollator, VLMDataset, read_mixture
+from dataset.preference import PreferenceCollator, PreferenceDataset, check_pairs
+from dataset.prompts import PromptCollator, PromptDataset, check_prompts
 from evaluation.conversations import eval_items
 from model import VisionLanguageModel, VLMConfig
-from model.checkpoint import load_projector_file
+from model.checkpoint import load_projector_file, load_starting_point
 from model.loss import resolve as resolve_loss
 from model.zero3 import place_buffers
 from training.arguments import DataArguments, ModelArguments, VLMTrainingArguments, parse_arguments
 from training.checkpoints import incomplete_reason, latest_complete_checkpoint
+from training.dpo import DPOTrainer
+from training.grpo import GRPOTrainer
 from training.health import PREEMPTED_EXIT, RunStopped, bad_sample_limit
 from training.plot import plot_loss
+from training.rewards import resolve as resolve_rewards
 from training.trainer import VLMTrainer
 
 
@@ -66,6 +71,29 @@ def check_data(data: DataArguments, args: VLMTrainingArguments) -> list[dict]:
     return eval_items(data.eval_image_map, data.eval_captions_file)[: args.eval_generate] if held_out else []
 
 
+OBJECTIVES = {"sft": (VLMDataset, VLMTrainer), "dpo": (PreferenceDataset, DPOTrainer),
+              "grpo": (PromptDataset, GRPOTrainer)}
+
+
+def check_objective(data: DataArguments, args: VLMTrainingArguments) -> dict:
+    """Post-training's flags and data, before any model is loaded; returns the GRPO reward functions by name."""
+    if args.objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {args.objective!r}")
+    if args.objective == "sft":
+        return {}
+    if data.packing:
+        raise ValueError(f"--packing is for --objective sft; {args.objective} compares whole answers of one prompt")
+    args.beta = args.beta if args.beta is not None else {"dpo": 0.1, "grpo": 0.0}[args.objective]
+    where = data.data_mixture or data.captions_file
+    samples = (Mixture.read(data.data_mixture, args.seed, data.data_store) if data.data_mixture
+               else open_samples(data.image_map, data.captions_file, data.data_store, progress=False))
+    if args.objective == "dpo":
+        check_pairs(samples, where)
+        return {}
+    check_prompts(samples, where)
+    return resolve_rewards(args.reward_funcs)
+
+
 def resolve_precision(args: VLMTrainingArguments) -> torch.dtype:
     """Sets bf16/fp16 on the arguments and returns the dtype for the frozen weights."""
     choice = args.precision
@@ -76,8 +104,10 @@ def resolve_precision(args: VLMTrainingArguments) -> torch.dtype:
 
 
 def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> VisionLanguageModel:
+    if not m.init_from and not (m.base_language_model and m.base_vision_model):
+        raise ValueError("give --base_language_model and --base_vision_model, or --init_from a checkpoint folder")
     config = VLMConfig(
-        llm=m.base_language_model, vision=m.base_vision_model, select_layer=m.select_layer,
+        llm=m.base_language_model or "", vision=m.base_vision_model or "", select_layer=m.select_layer,
         select_feature=m.select_feature, post_layernorm=m.post_layernorm, projector_type=m.projector_type,
         image_aspect_ratio=m.image_aspect_ratio, image_grid_pinpoints=m.image_grid_pinpoints,
         max_image_tokens=m.max_image_tokens,
@@ -85,6 +115,10 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
         projector_mode=m.projector_mode, llm_mode=m.llm_mode, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout, target_modules=m.target_modules,
     )
+    if m.init_from:  # post-training: the SFT checkpoint, its trained weights merged in, this run's modes applied
+        model = load_starting_point(m.init_from, config, dtype)
+        model.loss_impl, model.checkpoint_every = m.loss_impl, m.checkpoint_every
+        return model
     # A part trained in full keeps fp32 master weights; frozen and LoRA-adapted weights use the half dtype.
     llm_dtype = torch.float32 if m.llm_mode == "full" else dtype
     flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
@@ -127,6 +161,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     """Everything up to the first step; bad input raises FileNotFoundError or ValueError. `given`: the argument
     names the command line or the config file set."""
     heldout = check_data(data_args, args)
+    reward_funcs = check_objective(data_args, args)
     bad_sample_limit(args.max_bad_samples, 1)  # validates the flag before any model is loaded
     if args.fsdp and model_args.llm_mode == "qlora":
         raise ValueError("--llm_mode qlora does not run under --fsdp (FSDP2 cannot shard bitsandbytes' 4-bit weights): "
@@ -145,9 +180,10 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     mixture = Mixture.read(data_args.data_mixture, args.seed, data_args.data_store) if data_args.data_mixture else None
     if mixture is not None and args.process_index == 0:
         print(mixture.summary(), file=sys.stderr)
-    dataset = VLMDataset(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
-                         seed=args.seed, cache_images=data_args.cache_images, store=data_args.data_store,
-                         samples=mixture)
+    dataset_class, trainer_class = OBJECTIVES[args.objective]
+    dataset = dataset_class(data_args.image_map, data_args.captions_file, model.processor, data_args.max_length,
+                            seed=args.seed, cache_images=data_args.cache_images, store=data_args.data_store,
+                            samples=mixture)
     if data_args.packing:  # the plan depends only on the seed and the lengths: every process makes the same
         dataset = PackedDataset.plan(dataset, data_args.max_length, data_args.packing_buffer, args.seed)
         if args.process_index == 0:
@@ -164,9 +200,12 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
                                   data_args.max_length, seed=args.seed, cache_images=data_args.cache_images,
                                   store=data_args.data_store)
         args.prediction_loss_only = True
-    trainer = VLMTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, heldout=heldout,
-                         callbacks=callbacks,
-                         data_collator=VLMCollator(model.tokenizer.pad_token_id or model.stop_token_ids[0]))
+    pad = model.tokenizer.pad_token_id or model.stop_token_ids[0]
+    collator = {"sft": VLMCollator(pad), "dpo": PreferenceCollator(pad),
+                "grpo": PromptCollator(pad, args.num_generations)}[args.objective]
+    extra = {"reward_funcs": reward_funcs} if args.objective == "grpo" else {}
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, heldout=heldout,
+                            callbacks=callbacks, data_collator=collator, eval_collator=VLMCollator(pad), **extra)
     return trainer, resume_point(args)
 
 

@@ -7,6 +7,10 @@
 #   FSDP=configs/fsdp2.json sh train.sh   # FSDP2: the LLM's blocks and the tower's layers sharded (docs/training.md)
 #   PACKING=1 sh train.sh             # padding-free packing: rows of --max_length tokens (docs/training.md)
 #   QLORA=1 sh train.sh               # stage 2 as QLoRA: LoRA on the LLM loaded in 4-bit NF4 (one 24 GB card)
+#   OBJECTIVE=dpo CAPTIONS=data/pairs/captions.json IMAGE_MAP=data/pairs/image_map.json sh train.sh
+#                                     # DPO on preference pairs, from INIT_FROM (default ./weights/train_stage2)
+#   OBJECTIVE=grpo CAPTIONS=data/prompts/captions.json IMAGE_MAP=data/prompts/image_map.json sh train.sh
+#                                     # GRPO with rewards a program checks (docs/training.md), from INIT_FROM
 #   CONFIG=configs/stage2.yaml sh train.sh   # the recipe from a config file (configs/); flags after it override it
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 sh train.sh   # on each node, its own NODE_RANK
 set -e
@@ -20,11 +24,25 @@ done
 LLM=${LLM:-Qwen/Qwen-7B-Chat}
 VISION=${VISION:-google/siglip-so400m-patch14-384}
 STAGE=${STAGE:-2}
-OUTPUT_DIR=${OUTPUT_DIR:-./weights/train_stage${STAGE}}
+OBJECTIVE=${OBJECTIVE:-sft}
+if [ "$OBJECTIVE" = sft ]; then RUN_NAME=stage${STAGE}; else RUN_NAME=$OBJECTIVE; fi
+OUTPUT_DIR=${OUTPUT_DIR:-./weights/train_${RUN_NAME}}
 IMAGE_MAP=${IMAGE_MAP:-data/image_map.json}
 CAPTIONS=${CAPTIONS:-data/captions.json}
 
-if [ "$STAGE" = 1 ]; then
+if [ "$OBJECTIVE" = dpo ]; then
+    # DPO after SFT (TRL's and LLaMA-Factory's defaults: beta 0.1, sigmoid loss, 1 epoch): a new LoRA on the SFT model
+    # (its adapter merged in), the projector frozen, so the reference is that model with the adapter switched off.
+    RECIPE="--objective dpo --init_from ${INIT_FROM:-./weights/train_stage2} --llm_mode lora --lora_rank 64
+            --target_modules c_attn|w1|w2 --projector_mode frozen --beta 0.1 --learning_rate 5e-6
+            --num_train_epochs 1 --per_device_train_batch_size 2 --gradient_accumulation_steps 8"
+elif [ "$OBJECTIVE" = grpo ]; then
+    # GRPO (R1-V / VLM-R1 style): 8 completions per prompt, exact-match and format rewards, KL weight 0.04.
+    RECIPE="--objective grpo --init_from ${INIT_FROM:-./weights/train_stage2} --llm_mode lora --lora_rank 64
+            --target_modules c_attn|w1|w2 --projector_mode frozen --reward_funcs exact_match,format --beta 0.04
+            --num_generations 8 --max_completion_length 512 --temperature 1.0 --learning_rate 1e-5
+            --num_train_epochs 1 --per_device_train_batch_size 2 --gradient_accumulation_steps 4"
+elif [ "$STAGE" = 1 ]; then
     # LLaVA-1.5 pretrain (scripts/v1_5/pretrain.sh): projector only, lr 1e-3, 1 epoch, warmup 3%, cosine.
     RECIPE="--llm_mode frozen --projector_mode train --learning_rate 1e-3 --num_train_epochs 1
             --warmup_steps 0.03 --lr_scheduler_type cosine --weight_decay 0"

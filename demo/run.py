@@ -76,6 +76,12 @@ def main(argv=None):
                         "frozen for vit)")
     p.add_argument("--image_aspect_ratio", choices=["square", "pad", "anyres"], default="square",
                    help="stage 2: how images reach the tower (docs/models.md)")
+    p.add_argument("--posttrain", action="store_true",
+                   help="then post-train the SFT model: GRPO on a question type learned from rewards alone, and DPO on "
+                        "left/right-swapped answers, each measured on held-out images (demo/posttrain.py; sh demo.sh "
+                        "with POSTTRAIN=1)")
+    p.add_argument("--grpo_steps", type=int, default=None, help="--posttrain: GRPO steps")
+    p.add_argument("--dpo_steps", type=int, default=None, help="--posttrain: DPO steps")
     p.add_argument("--quick", action="store_true", help="a smoke run: 40 steps (20 in stage 0) on 200 images")
     args = p.parse_args(argv)
     quiet_libraries()  # before torch and transformers load (common/quiet.py)
@@ -84,7 +90,7 @@ def main(argv=None):
     from .bases import build_tiny_llm, build_tiny_qwen2, build_tiny_vision
     from .clip_pretrain import captioned_images, pretrain
     from .grid import draw_grid
-    from .synthetic import vocabulary, write_split
+    from .synthetic import POSTTRAIN_SOURCES, vocabulary, write_split
 
     args.vision_mode = args.vision_mode or ("full" if args.vision == "clip_resnet" else "frozen")
     if args.quick:
@@ -95,24 +101,30 @@ def main(argv=None):
 
     def step(name):
         times[name] = time.time()
-        print(f"\n[{len(times)}/{STEPS}] {name}", flush=True)
+        print(f"\n[{len(times)}/{STEPS + args.posttrain}] {name}", flush=True)
 
     step("synthetic data")
     annotations = {}
     for split, n, seed, chats in (("train", args.train_images, args.seed, args.chats),
                                   ("test", args.test_images, 10_000 + args.seed, 1.0)):
-        files = write_split(os.path.join(data, split), n, DEFAULTS["image_size"], seed, chats)
+        files = write_split(os.path.join(data, split), n, DEFAULTS["image_size"], seed, chats,
+                            one=args.posttrain and split == "train", posttrain=args.posttrain)
         annotations[split] = files["en"]
-        config = {"output_dir": os.path.join(data, split, "processed"), "seed": args.seed, "sources": [
-            {"type": "conversations", "name": lang, "annotations": path, "image_dir": os.path.join(data, split)}
-            for lang, path in files.items()]}
-        with open(os.path.join(data, f"{split}.yaml"), "w") as f:
-            yaml.safe_dump(config, f)
+        sets = {split: [s for s in files if s not in POSTTRAIN_SOURCES]}  # what SFT trains on, or eval.py scores
+        sets.update({f"{split}_{s}": [s] for s in POSTTRAIN_SOURCES if s in files})
+        for name, sources in sets.items():
+            config = {"output_dir": os.path.join(data, split, "processed" if name == split else name[len(split) + 1:]),
+                      "seed": args.seed, "sources": [
+                          {"type": "conversations", "name": s, "annotations": files[s],
+                           "image_dir": os.path.join(data, split)} for s in sources]}
+            with open(os.path.join(data, f"{name}.yaml"), "w") as f:
+                yaml.safe_dump(config, f)
     print(f"  {args.train_images} training and {args.test_images} held-out images, 2 questions each, and two-turn "
           f"chats (the same image; a second image) for {args.chats:.0%} of the training and all held-out images")
 
     step("process_image.py")
-    for split in ("train", "test"):
+    for split in ("train", "test", *(f"{split}_{s}" for split in ("train", "test") for s in POSTTRAIN_SOURCES
+                                     if args.posttrain)):
         print(run([python, "process_image.py", "--config", os.path.join(data, f"{split}.yaml"), "--no_progress"],
                   os.path.join(data, f"process_{split}.log")).rstrip())
 
@@ -179,6 +191,12 @@ def main(argv=None):
     by_source = [[r for r in predictions if r["source"] == s] for s in ("zh", "en")]
     grid = draw_grid([r for pair in zip(*(rows[:12] for rows in by_source), strict=False) for r in pair],
                      os.path.join(out, "heldout_grid.png"))
+    posttrained = {}
+    if args.posttrain:  # timed apart: sh demo.sh's 300 s are stages 0-2 (docs/demo.md)
+        from .posttrain import run_posttrain
+
+        step("post-training: GRPO and DPO (timed apart)")
+        posttrained = run_posttrain(run, python, data, out, args.seed, args.grpo_steps, args.dpo_steps)
     times["end"] = time.time()
     names = list(times)
     seconds = {names[i]: round(times[names[i + 1]] - times[names[i]], 1) for i in range(len(names) - 1)}
@@ -194,7 +212,8 @@ def main(argv=None):
           "--prompt \"What shapes are in the image?\"")
     print(json.dumps({"exact_match": results["exact_match"], "per_source": per_source, "seconds": seconds,
                       "steps": args.steps, "clip_steps": args.clip_steps if stage0 else 0,
-                      "zero_shot_top1": stage0.get("zero_shot_top1"), "seed": args.seed}, ensure_ascii=False))
+                      "zero_shot_top1": stage0.get("zero_shot_top1"), "seed": args.seed,
+                      **({"posttrain": posttrained} if posttrained else {})}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

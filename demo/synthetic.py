@@ -95,6 +95,12 @@ def question(rng: random.Random, lang: str) -> str:
 
 
 CHAT_KINDS = ("chat", "second_image")
+# Post-training (demo/posttrain.py). "one": SFT samples that name one of the shapes, drawn at random (the answer format,
+# never a rule); "right": GRPO prompts whose gold answer is the shape on the right, a rule no SFT sample shows; "pairs":
+# DPO pairs on the two-shape images, the shapes in their order chosen, swapped rejected.
+ONE_QUESTION = "Name one shape in the image."
+RIGHT_QUESTION = "Name the shape on the right."
+POSTTRAIN_SOURCES = ("right", "pairs")
 
 
 def vocabulary() -> list[str]:
@@ -107,10 +113,12 @@ def vocabulary() -> list[str]:
     return ["system", "user", "assistant", *english, *chinese]
 
 
-def write_split(folder: str, n_images: int, size: int, seed: int, chats: float = 0.5) -> dict[str, str]:
+def write_split(folder: str, n_images: int, size: int, seed: int, chats: float = 0.5, one: bool = False,
+                posttrain: bool = False) -> dict[str, str]:
     """n_images PNGs and their Q&A in the `conversations` source format that process_image.py reads: a zh and an
     en sample per image, and for a `chats` share of the images one two-turn chat of each kind (the first answer
-    given, the second to learn or to score). Returns {source: annotation file}."""
+    given, the second to learn or to score). one: the "one" source too; posttrain: the POSTTRAIN_SOURCES files too
+    (drawn apart, so the other sources are the same either way). Returns {source: annotation file}."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     samples = {source: [] for source in (*QUESTIONS, *(CHAT_KINDS if chats else ()))}
@@ -138,12 +146,31 @@ def write_split(folder: str, n_images: int, size: int, seed: int, chats: float =
             {"role": "assistant", "content": answer(shapes, lang_a)},
             {"role": "user", "content": question(rng, lang_b)},
             {"role": "assistant", "content": answer(other, lang_b)}]})
+    if one or posttrain:
+        samples.update(posttrain_samples(scenes, random.Random(f"{seed}:posttrain"), one, posttrain))
     files = {}
     for lang, rows in samples.items():
         files[lang] = os.path.join(folder, f"annotations_{lang}.json")
         with open(files[lang], "w", encoding="utf-8") as f:
             json.dump(rows, f, ensure_ascii=False)
     return files
+
+
+def posttrain_samples(scenes: list, rng: random.Random, one: bool, posttrain: bool) -> dict[str, list]:
+    samples = {}
+    if one:
+        samples["one"] = [{"id": name[7:12], "images": [name], "conversations": [
+            {"role": "user", "content": f"{IMAGE_MARKER}{ONE_QUESTION}"},
+            {"role": "assistant", "content": answer([rng.choice(shapes)], "en")}]} for name, shapes in scenes]
+    if posttrain:
+        samples["right"] = [{"id": name[7:12], "images": [name], "conversations": [
+            {"role": "user", "content": f"{IMAGE_MARKER}{RIGHT_QUESTION}"},
+            {"role": "assistant", "content": answer(shapes[-1:], "en")}]} for name, shapes in scenes]
+        samples["pairs"] = [{"id": name[7:12], "images": [name], "conversations": [
+            {"role": "user", "content": question(rng, "en")},
+            {"role": "assistant", "content": answer(shapes, "en"), "rejected": answer(shapes[::-1], "en")}]}
+            for name, shapes in scenes if len(shapes) == 2]
+    return samples
 
 
 def main():

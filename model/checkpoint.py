@@ -96,6 +96,11 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
         logger.warning("checkpoint %s holds its whole LLM; the base LLM %s is not used", folder, llm)
     if config.vision_mode == "full" and vision:
         logger.warning("checkpoint %s holds its whole vision tower; %s is not used", folder, vision)
+    if config.init_from:  # trained on top of another checkpoint: that one first, then this one's weights
+        model = load_starting_point(config.init_from, config, dtype, device)
+        model.config = config
+        load_trainable_weights(model, folder)
+        return model.eval()
     check_llm_matches(config, llm_path, folder)
     model = VisionLanguageModel.build(replace(config), dtype, device, llm_path, vision_path)
     check_vision_matches(config, model.config, vision_path, folder)
@@ -105,6 +110,37 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
     if config.llm_mode in LORA_MODES:
         model.llm = PeftModel.from_pretrained(model.llm, folder, is_trainable=trainable)
     return model.eval()
+
+
+def load_starting_point(folder: str, config: VLMConfig, dtype=torch.float32, device="cpu") -> VisionLanguageModel:
+    """Checkpoint `folder` as the start of another stage (train.py --init_from; DPO or GRPO after SFT): its base
+    models, image layout and trained weights, its LoRA adapter merged into the LLM. `config` gives the new stage's
+    modes (vision, projector, llm, LoRA), applied; its init_from is set to `folder` when the new stage's checkpoints
+    do not hold everything `folder` changed (they then load it first)."""
+    start = VLMConfig.load(folder) if os.path.exists(os.path.join(folder, CONFIG_NAME)) else None
+    if start is not None and start.llm_mode == "qlora":
+        raise ValueError(f"checkpoint {folder} is a QLoRA adapter on a 4-bit LLM, which cannot be merged to start "
+                         "another stage: merge it with python -m model.export first, or train this stage from the "
+                         "base models")
+    if config.llm_mode == "qlora":
+        raise ValueError("--llm_mode qlora loads the LLM in 4 bits from its files; with --init_from, use lora or full")
+    model = load_checkpoint(folder, dtype=dtype, device=device)
+    if isinstance(model.llm, PeftModel):
+        model.llm = model.llm.merge_and_unload()
+    saved = model.config
+    changed_llm = saved.llm_mode != "frozen"
+    changed_vision = saved.vision_mode == "full"
+    holds_all = (config.llm_mode == "full" or not changed_llm) and (config.vision_mode == "full" or not changed_vision)
+    modes = {f: getattr(config, f) for f in ("vision_mode", "projector_mode", "llm_mode", "lora_rank", "lora_alpha",
+                                              "lora_dropout", "target_modules")}
+    model.config = replace(saved, **modes, system_prompt=config.system_prompt or saved.system_prompt,
+                           init_from=None if holds_all else os.path.abspath(folder))
+    model.processor.system_prompt = model.config.system_prompt
+    if config.llm_mode == "full":  # a part trained in full keeps fp32 master weights
+        model.llm.float()
+    if config.vision_mode == "full":
+        model.vision_tower.float()
+    return model.apply_trainable_modes()
 
 
 def load_legacy_checkpoint(folder, llm, vision, dtype, device) -> VisionLanguageModel:

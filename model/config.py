@@ -43,6 +43,9 @@ class VLMConfig:
     vision_hidden_size: int | None = None
     llm_hidden_size: int | None = None
     chat_template: str | None = None
+    # The checkpoint this one's training started from (train.py --init_from), when this one's weights apply on top of
+    # it (a LoRA adapter trained on its merged LLM, or a frozen tower it trained): loading loads it first.
+    init_from: str | None = None
 
     def __post_init__(self):
         for name, allowed in {**MODES, "image_aspect_ratio": ASPECT_RATIOS}.items():

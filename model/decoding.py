@@ -82,7 +82,10 @@ class StaticDecoder:
         eos = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device).view(-1)
         pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
 
+        image = torch.tensor([vlm.image_token_id], device=device)
+
         def pick(logits, step):
+            logits = logits.index_fill(-1, image, -math.inf)  # image positions are written by the model, never sampled
             if step < min_new_tokens and len(eos):
                 logits = logits.index_fill(-1, eos, -math.inf)
             return next_tokens(logits, do_sample, temperature, top_p)

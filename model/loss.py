@@ -81,6 +81,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
+def token_log_probs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Each label's log-probability under head(hidden) / temperature: (B, T - 1), position t scoring label t + 1, 0
+    where there is no label (post-training's sequence log-probs, computed at the labelled positions only)."""
+    h, targets = labelled_positions(hidden, labels)  # (N, C), (N,)
+    logits = head(h).float() / temperature  # (N, V)
+    picked = logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)  # (N,)
+    keep = labels[:, 1:] != IGNORE_INDEX  # (B, T - 1)
+    return torch.zeros(keep.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
+
+
 def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, impl: str,
                    num_items_in_batch=None) -> torch.Tensor:
     """transformers' ForCausalLMLoss of head(hidden) against labels, computed at the labelled positions only."""

@@ -6,6 +6,8 @@ the LLM with `inputs_embeds`. Labels, attention masks and positions never need r
 same code serves our QWen and any Hugging Face causal LM. This is the file to edit for a new design.
 """
 
+from dataclasses import dataclass
+
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import AddedToken
@@ -13,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
 import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
 from common import IMAGE_MARKER
@@ -21,7 +24,7 @@ from visual import FeatureSelection, load_vision_tower
 from .anyres import ImageInputs, pack_features
 from .config import LORA_MODES, VLMConfig
 from .decoding import DECODING_MODES, StaticDecoder
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, token_log_probs
 from .loss import resolve as resolve_loss
 from .processor import VLMProcessor
 from .projector import build_projector
@@ -45,6 +48,13 @@ def add_image_token(tokenizer, llm, image_token: str) -> str:
             for weight in weights:  # model gives identical logits
                 weight[old:] = weight[:old].mean(0)
     return image_token
+
+
+@dataclass
+class TokenLogProbs(ModelOutput):
+    """forward(..., return_log_probs=True): each label's log-probability, (B, T - 1), 0 where there is no label."""
+
+    log_probs: torch.Tensor | None = None
 
 
 class VisionLanguageModel(nn.Module):
@@ -189,14 +199,17 @@ class VisionLanguageModel(nn.Module):
         features = self.image_features(pixel_values, image_sizes).to(embeds.dtype)
         return embeds.masked_scatter(image_mask[..., None].expand_as(embeds), features)
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, image_sizes=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, image_sizes=None,
+                return_log_probs: bool = False, temperature: float = 1.0, **kwargs):
         """Padded batches carry an attention_mask. Packed rows (dataset/packing.py) carry position_ids that restart at
         every sample and no attention_mask: the LLM keeps attention within each sample (transformers' packed-sequence
-        masks, flash-attention varlen; our QWen alike), and no label crosses a sample boundary."""
+        masks, flash-attention varlen; our QWen alike), and no label crosses a sample boundary.
+        return_log_probs (post-training, training/dpo.py and grpo.py): each label's log-probability under the logits
+        divided by `temperature`, instead of the loss."""
         inputs_embeds = self.embed(input_ids, pixel_values, image_sizes)  # (B, T, C)
         if labels is not None or (attention_mask is None and kwargs.get("position_ids") is not None):
             kwargs.setdefault("use_cache", False)  # a cache would also switch transformers' packed-row masks off
-        if labels is None or self.loss_impl == "plain":
+        if labels is None or (self.loss_impl == "plain" and not return_log_probs):
             return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
         # the loss at the labelled positions only (loss.py): the LLM's body, then its head on those rows
         causal_lm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
@@ -204,6 +217,8 @@ class VisionLanguageModel(nn.Module):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         hidden = causal_lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                       **kwargs).last_hidden_state  # (B, T, C)
+        if return_log_probs:
+            return TokenLogProbs(log_probs=token_log_probs(hidden, labels, head, temperature))
         loss = causal_lm_loss(hidden, labels, head, resolve_loss(self.loss_impl, head), num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss)
 

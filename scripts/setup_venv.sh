@@ -34,6 +34,15 @@ if ! "$PY" -c "import deepspeed" >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation $DEEPSPEED_SPEC
 fi
+# math-verify, for GRPO's math reward (training/rewards.py), with the ANTLR runtime its LaTeX parser needs: installed
+# on its own, as lmms-eval's latex2sympy2 (used only by a few of its math tasks) pins an older ANTLR, so one resolver
+# run cannot hold both. Users who want the math reward: pip install 'math-verify[antlr4_13_2]'.
+if ! "$PY" -c "import math_verify.parser" >/dev/null 2>&1; then
+    echo "setup_venv: installing math-verify (GRPO's math reward)"
+    "$PY" -m pip install -q "math-verify[antlr4_13_2]==0.9.0" 2>&1 | grep -v -e "latex2sympy2 " -e "dependency resolver" \
+        -e "^WARNING: Location" || true
+    "$PY" -c "import math_verify.parser"  # fails the setup if that install did not take
+fi
 # The project itself, editable and without dependencies (requirements-dev.txt brought them): this registers the
 # lmms_eval.models entry point, so `python -m lmms_eval --model vlm` finds evaluation/lmms_model.py.
 if ! "$PY" -c "from importlib.metadata import entry_points as e; import sys; sys.exit(not e(group='lmms_eval.models', name='vlm'))" 2>/dev/null; then

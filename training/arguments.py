@@ -20,8 +20,13 @@ from dataset.packing import DEFAULT_BUFFER
 
 @dataclass
 class ModelArguments:
-    base_language_model: str = field(metadata={"help": "hub id or folder of the LLM (AutoModelForCausalLM)"})
-    base_vision_model: str = field(metadata={"help": "CLIP/SigLIP hub id or folder, or open_clip:ARCH/TAG"})
+    base_language_model: str | None = field(default=None, metadata={
+        "help": "hub id or folder of the LLM (AutoModelForCausalLM); with --init_from, the checkpoint's"})
+    base_vision_model: str | None = field(default=None, metadata={
+        "help": "CLIP/SigLIP hub id or folder, or open_clip:ARCH/TAG; with --init_from, the checkpoint's"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this checkpoint folder of ours (SFT before DPO or GRPO): its base models, layout and "
+                "trained weights (a LoRA adapter merged in); this run's modes then apply (docs/training.md)"})
     select_layer: int = field(default=-2, metadata={"help": "vision hidden state: -2 is the penultimate block"})
     select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch | all_but_first"})
     post_layernorm: bool = field(default=False, metadata={"help": "apply the vision post-layernorm"})
@@ -107,6 +112,31 @@ class VLMTrainingArguments(TrainingArguments):
         "help": "at each evaluation, answer the first N held-out conversations greedily and score them (exact match, "
                 "BLEU-4/CIDEr/ROUGE-L with pycocoevalcap): eval_exact_match, ... (0: the loss only)"})
     eval_max_new_tokens: int = field(default=64, metadata={"help": "--eval_generate: the longest answer, in tokens"})
+    objective: str = field(default="sft", metadata={
+        "help": "sft (supervised: the reply tokens' loss) | dpo (preference pairs) | grpo (rewards on sampled "
+                "completions); docs/training.md"})
+    beta: float | None = field(default=None, metadata={
+        "help": "dpo: the deviation from the reference (default 0.1; ipo: its tau); grpo: the KL weight (default 0: "
+                "no reference model)"})
+    loss_type: str | None = field(default=None, metadata={
+        "help": "dpo: sigmoid (default) | ipo | hinge | robust; grpo: grpo (default) | bnpo | dr_grpo | dapo"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "dpo --loss_type robust: the chance a pair's labels are flipped, in [0, 0.5)"})
+    num_generations: int = field(default=8, metadata={"help": "grpo: completions sampled per prompt (a group)"})
+    max_completion_length: int = field(default=256, metadata={"help": "grpo: the longest completion, in tokens"})
+    temperature: float = field(default=1.0, metadata={"help": "grpo: the sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "grpo: nucleus sampling's probability mass"})
+    reward_funcs: str = field(default="exact_match", metadata={
+        "help": "grpo: reward functions, comma-separated: exact_match | choice | numeric | math | format, or "
+                "module:function / file.py:function of your own (training/rewards.py)"})
+    reward_weights: list[float] | None = field(default=None, metadata={
+        "help": "grpo: one weight per reward function (default: 1 each)"})
+    num_iterations: int = field(default=1, metadata={"help": "grpo: optimizer steps on each batch of rollouts"})
+    epsilon: float = field(default=0.2, metadata={"help": "grpo: the clipping range below 1 (and above, by default)"})
+    epsilon_high: float | None = field(default=None, metadata={
+        "help": "grpo: the clipping range above 1 (DAPO's clip-higher: 0.28; default: --epsilon)"})
+    scale_rewards: str = field(default="group", metadata={
+        "help": "grpo: divide advantages by the group's std (group), the batch's (batch) or not at all (none)"})
     # the Trainer's defaults that do not fit a VLM
     remove_unused_columns: bool = field(default=False)
 

@@ -23,18 +23,21 @@ def find_state(run_dir: str) -> str:
 
 
 def plot_curve(steps: list[int], losses: list[float], out: str, title: str,
-               learning_rates: list[float] | None = None) -> str:
-    """Writes a loss curve (log scale; the learning rate on a second axis when given) to `out`, atomically."""
+               learning_rates: list[float] | None = None, log_scale: bool = True, label: str = "training loss",
+               ylabel: str = "loss") -> str:
+    """Writes a curve (a loss, on a log scale by default; the learning rate on a second axis when given) to `out`,
+    atomically."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, losses, color="tab:blue", label="training loss")
+    ax.plot(steps, losses, color="tab:blue", label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    if log_scale:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     if learning_rates:
         lr = ax.twinx()
@@ -56,8 +59,9 @@ def plot_loss(run_dir: str) -> str:
     if not logged:
         raise ValueError(f"{run_dir}: the run logged no loss yet")
     rates = [h["learning_rate"] for h in logged] if all("learning_rate" in h for h in logged) else None
-    return plot_curve([h["step"] for h in logged], [h["loss"] for h in logged], os.path.join(run_dir, "loss.png"),
-                      os.path.basename(os.path.abspath(run_dir)), rates)
+    losses = [h["loss"] for h in logged]  # post-training's losses can be 0 or below: then a linear scale
+    return plot_curve([h["step"] for h in logged], losses, os.path.join(run_dir, "loss.png"),
+                      os.path.basename(os.path.abspath(run_dir)), rates, log_scale=min(losses) > 0)
 
 
 @exits_on(FileNotFoundError, ValueError)

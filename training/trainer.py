@@ -79,8 +79,9 @@ def fsdp_summary(model: nn.Module, world_size: int) -> str:
 
 
 class VLMTrainer(Trainer):
-    def __init__(self, *args, callbacks=None, heldout: list[dict] | None = None, **kwargs):
+    def __init__(self, *args, callbacks=None, heldout: list[dict] | None = None, eval_collator=None, **kwargs):
         super().__init__(*args, callbacks=[RunHealth(), EvaluationReport(), *(callbacks or [])], **kwargs)
+        self.eval_collator = eval_collator or self.data_collator  # the held-out set's (post-training: SFT rows)
         self.heldout = heldout or []  # held-out conversations answered at each evaluation (evaluation.conversations)
         self.preemption = PreemptionSignal()
         self._step_reports = []  # (sample ids, finite flag) of this optimizer step's micro-batches
@@ -139,12 +140,17 @@ class VLMTrainer(Trainer):
         sample_ids = inputs.pop("sample_ids", [])
         self._new_bad_samples += inputs.pop("skipped", [])
         num_tokens = inputs.pop("num_tokens", 0)
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        result = self.objective_loss(model, inputs, return_outputs, num_items_in_batch)
         if model.training:  # evaluation batches neither count as throughput nor take part in the step's checks
             self._throughput += torch.tensor([len(sample_ids), num_tokens, inputs["input_ids"].numel()])
             loss = result[0] if return_outputs else result
             self._step_reports.append((sample_ids, torch.isfinite(loss.detach()).all()))
         return result
+
+    def objective_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The training objective on a batch: here SFT's causal-LM loss at the labelled positions (the model's own);
+        post-training replaces it (training/dpo.py, training/grpo.py)."""
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _get_grad_norm(self, model, grad_norm=None):
         """A non-finite gradient norm (the same on every process, after the all-reduce) empties the
@@ -225,7 +231,7 @@ class VLMTrainer(Trainer):
         model, args = self.accelerator.unwrap_model(self.model), self.args
         share = dict(process_index=args.process_index, world_size=args.world_size, synced=is_deepspeed_zero3_enabled())
         with self.autocast_smart_context_manager():
-            metrics = {"loss": heldout_loss(model, self.eval_dataset, self.data_collator,
+            metrics = {"loss": heldout_loss(model, self.eval_dataset, self.eval_collator,
                                             args.per_device_eval_batch_size, args.device, **share)}
             if self.heldout:
                 metrics |= heldout_metrics(model, self.heldout, args.per_device_eval_batch_size,
