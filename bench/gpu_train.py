@@ -11,10 +11,15 @@ them; needs bitsandbytes).
     python bench/gpu_train.py --budget_gib 24    # the fastest setting under 24 GiB (an RTX 3090/4090)
     python bench/gpu_train.py --tiny             # a seconds-long smoke run of the same code on the CPU
     python bench/gpu_train.py --packing          # LLaVA-like lengths: padded batches vs packed rows, ours
+    python bench/gpu_train.py --posttrain        # a DPO step and a GRPO step of the same LoRA model, part by part
 
 --packing draws LLaVA-like text lengths (bench/common.py's mix, scaled to --text) for 64 samples, each with its
 image, and trains ours on them padded (batches of 4, length-grouped) and packed (rows of 4,096 tokens, as many
 rows a batch as hold a padded batch's tokens, dataset/packing.py): real tokens/s, padding and peak memory.
+
+--posttrain times, on the same LoRA model (the reference: its adapter switched off), a DPO step of 4 pairs (8 rows)
+and a GRPO step of 2 prompts x 8 completions of `new_tokens` tokens (rollouts with the static-cache sampler, KL 0.04),
+part by part (bench/posttrain_steps.py), with their peak memory.
 
 MFU = (4 * N_llm * T + 2 * N_vision * T_img) / (seconds * 989e12): frozen weights take no weight
 gradients, hence 4N rather than 6N; 989 TFLOP/s is the H100 SXM dense bf16 peak. N_llm excludes the
@@ -221,6 +226,48 @@ def packed_comparison(model, shape, device, samples: int = 64, max_length: int =
     return table_rows
 
 
+def posttrain_rows(model, shape, device, dtype) -> dict:
+    """DPO and GRPO steps (seconds per part, tokens/s, peak memory) of the LoRA model, its adapter off the reference."""
+    from bench.posttrain_steps import dpo_step, grpo_step
+
+    model.checkpoint_every = 1
+    model.activation_checkpointing_enable()
+    model.tokenizer.pad_token_id = model.tokenizer.pad_token_id or 0
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    text, G = shape["text"], 8
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def dpo():
+        ids, pixels = inputs(model, 8, text, device)  # 4 pairs: chosen rows, then rejected rows
+        labels = ids.clone()
+        labels[:, : ids.shape[1] - text // 2] = -100  # the answers: the last half of the text
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "pixel_values": pixels}
+        return dpo_step(model, batch, optimizer, "adapter", autocast()), ids.numel()
+
+    def grpo():
+        ids, pixels = inputs(model, 2, text // 4, device)
+        batch = {"input_ids": ids.repeat_interleave(G, 0), "attention_mask": torch.ones_like(ids).repeat_interleave(
+            G, 0), "pixel_values": pixels.repeat_interleave(G, 0), "image_sizes": None}
+        return grpo_step(model, batch, G, shape["new_tokens"], optimizer, "adapter", autocast())
+
+    figures, rows = {}, []
+    for name, step in (("dpo", dpo), ("grpo", grpo)):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        step()  # warm-up
+        parts, tokens = step()
+        total = sum(parts.values())
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        figures[name] = {"seconds": parts, "tokens": tokens, "peak_gib": peak}
+        rows.append([name, f"{total:.2f} s", ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()),
+                     f"{tokens / total:.0f}", f"{peak:.1f} GiB"])
+    print(table(rows, ["step (LoRA r=128)", "seconds", "parts", "tokens/s", "peak"]))
+    return {"posttrain": figures}
+
+
 def llava_peer(model, rank: int):
     """transformers' Llava on our (frozen, LoRA-free) weights, with peft LoRA on the LLM's q/k/v/gate/up."""
     from peft import LoraConfig, get_peft_model
@@ -248,6 +295,7 @@ def main():
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--budget_gib", type=float, help="report the fastest setting of ours whose peak fits")
     p.add_argument("--packing", action="store_true", help="padded batches vs packed rows of LLaVA-like lengths (ours)")
+    p.add_argument("--posttrain", action="store_true", help="a DPO step and a GRPO step (LoRA), part by part")
     args = p.parse_args()
     shape = SHAPES["tiny" if args.tiny else "full"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -271,6 +319,11 @@ def main():
         rows = packed_comparison(model, shape, device, max_length=4096 if not args.tiny else 256)
         print(table(rows, ["ours, LoRA, the same samples", "steps", "padding", "samples/s", "tokens/s", "peak"]))
         result["packing"] = rows
+        emit(result)
+        return
+    if args.posttrain:
+        del llava
+        result.update(posttrain_rows(model, shape, device, dtype))
         emit(result)
         return
     if args.budget_gib:

@@ -19,6 +19,7 @@ from common.images import image_entry, open_source
 from .captions import convert_ai_challenger, convert_coco_captions
 from .conversations import convert_conversations
 from .llava import convert_llava
+from .preference import convert_llamafactory_preference, convert_r1v, convert_rlaif_v
 from .records import DataError
 from .webdataset import convert_webdataset
 
@@ -28,15 +29,18 @@ EXAMPLES = 5  # example paths or ids kept per problem in the report
 
 @dataclass
 class SourceConfig:
-    type: str  # llava | ai_challenger | coco_captions | conversations | webdataset
+    # llava | ai_challenger | coco_captions | conversations | webdataset; post-training: rlaif_v |
+    # llamafactory_preference (DPO pairs), r1v (GRPO prompts with a gold answer)
+    type: str
     annotations: str  # webdataset: a glob or brace pattern of .tar shards
     image_dir: str | None = None  # every type but webdataset
     name: str | None = None  # default: type:annotation-file-stem
     captions: str = "separate"  # caption sources: separate | alternatives
 
     def __post_init__(self):
-        if self.type not in (*CONVERTERS, "webdataset"):
-            raise DataError(f"source type {self.type!r} is not one of {sorted((*CONVERTERS, 'webdataset'))}")
+        if self.type not in (*CONVERTERS, *FILE_READERS, "webdataset"):
+            raise DataError(f"source type {self.type!r} is not one of "
+                            f"{sorted((*CONVERTERS, *FILE_READERS, 'webdataset'))}")
         if self.type != "webdataset" and not self.image_dir:
             raise DataError(f"source {self.annotations}: image_dir is missing")
         if self.captions not in CAPTION_MODES:
@@ -65,6 +69,9 @@ def load_config(path: str) -> ProcessConfig:
         raise DataError(f"{path}: not a valid process config ({e})") from None
 
 
+FILE_READERS = {  # converters that read their own files (JSON Lines, Parquet with embedded images)
+    "rlaif_v": convert_rlaif_v, "llamafactory_preference": convert_llamafactory_preference, "r1v": convert_r1v,
+}
 CONVERTERS = {
     "conversations": lambda data, src, seed: convert_conversations(data, src.annotations, IMAGE_MARKER),
     "llava": lambda data, src, seed: convert_llava(data, src.annotations, IMAGE_MARKER),
@@ -133,8 +140,12 @@ def process(config: ProcessConfig, progress: bool = True) -> dict:
     converted = []  # (source, [(sample id, [keys], conversations)])
     for src in config.sources:
         shards = src.type == "webdataset"
-        raw = (convert_webdataset(src.annotations, IMAGE_MARKER, config.seed) if shards
-               else CONVERTERS[src.type](read_json(src.annotations), src, config.seed))
+        if shards:
+            raw = convert_webdataset(src.annotations, IMAGE_MARKER, config.seed)
+        elif src.type in FILE_READERS:
+            raw = FILE_READERS[src.type](src.annotations, src.image_dir, IMAGE_MARKER)
+        else:
+            raw = CONVERTERS[src.type](read_json(src.annotations), src, config.seed)
         seen, samples = Counter(), []
         for s in raw:
             seen[s.id] += 1

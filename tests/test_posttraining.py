@@ -202,3 +202,26 @@ def test_bad_input_one_sentence_exit_2_nothing_written(setup, tmp_path, capsys):
         assert not out.exists() or not any(p.name.startswith("checkpoint") for p in out.iterdir())
     assert json.load(open(setup["pairs"])) == samples  # the input is untouched
     assert os.path.isdir(setup["sft_lora"]) and os.listdir(setup["sft_lora"])
+
+
+def test_demo_posttraining_stage_runs(tmp_path):
+    """The demo's opt-in stage end to end at smoke size: GRPO and DPO from the SFT checkpoint, each scored before and
+    after by eval.py, the reward curve drawn, and the post-trained checkpoints load as any other."""
+    import subprocess
+    import sys
+
+    from runs import env
+
+    data, out = tmp_path / "data", tmp_path / "weights"
+    result = subprocess.run([sys.executable, "-m", "demo.run", "--quick", "--posttrain", "--grpo_steps", "6",
+                             "--dpo_steps", "3", "--data_dir", str(data), "--output_dir", str(out), "--workers", "0"],
+                            env=env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])["posttrain"]
+    assert figures["grpo"]["steps"] == 6 and len(figures["grpo"]["rewards"]) >= 1
+    assert figures["dpo"]["preference_accuracy"][0] >= 0
+    for stage in ("grpo", "dpo"):
+        assert 0 <= figures[stage]["before"]["exact_match"] <= 1 and 0 <= figures[stage]["after"]["exact_match"] <= 1
+        load_checkpoint(str(out) + f"_{stage}")
+    assert (tmp_path / "weights_grpo" / "reward.png").read_bytes()[:4] == b"\x89PNG"
+    assert "after GRPO (6 steps" in result.stdout and "DPO (3 steps" in result.stdout
