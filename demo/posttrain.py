@@ -82,7 +82,8 @@ def grpo_stage(run, python, data, sft, seed, steps, accuracy, train) -> dict:
          "--output_dir", out, "--llm_mode", "full", "--vision_mode", "frozen", "--max_steps", str(steps),
          "--per_device_train_batch_size", str(GRPO["prompts"]), "--num_generations", str(GRPO["generations"]),
          "--max_completion_length", str(GRPO["max_completion_length"]), "--temperature", str(GRPO["temperature"]),
-         "--learning_rate", str(GRPO["learning_rate"]), "--lr_scheduler_type", "constant", "--logging_steps", str(min(5, steps)),
+         "--learning_rate", str(GRPO["learning_rate"]), "--lr_scheduler_type", "constant",
+         "--logging_steps", str(min(5, steps)),
          "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--auto_resume", "false",
          "--cache_images", "true", "--dataloader_num_workers", "0"], os.path.join(data, "train_grpo.log"))
     grpo_seconds = time.time() - start
@@ -110,7 +111,8 @@ def dpo_stage(run, python, data, sft, seed, steps, accuracy, train) -> dict:
          "--image_map", f"{train}/pairs/image_map.json", "--captions_file", f"{train}/pairs/captions.json",
          "--output_dir", out, "--llm_mode", "full", "--vision_mode", "frozen", "--max_steps", str(steps),
          "--per_device_train_batch_size", str(DPO["pairs"]), "--per_device_eval_batch_size", "64",
-         "--learning_rate", str(DPO["learning_rate"]), "--lr_scheduler_type", "constant", "--logging_steps", str(min(10, steps)),
+         "--learning_rate", str(DPO["learning_rate"]), "--lr_scheduler_type", "constant",
+         "--logging_steps", str(min(10, steps)),
          "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--auto_resume", "false",
          "--cache_images", "true", "--dataloader_num_workers", "0"], os.path.join(data, "train_dpo.log"))
     dpo_seconds = time.time() - start
