@@ -23,7 +23,7 @@ ENTRY_POINTS = {
     "bench/cpu_train.py": ["bench/cpu_train.py"], "bench/cpu_generate.py": ["bench/cpu_generate.py"],
     "bench/data_pipeline.py": ["bench/data_pipeline.py"], "bench/gpu_train.py": ["bench/gpu_train.py"],
     "bench/gpu_generate.py": ["bench/gpu_generate.py"], "bench/cpu_anyres.py": ["bench/cpu_anyres.py"],
-    "bench/memory_estimate.py": ["bench/memory_estimate.py"],
+    "bench/memory_estimate.py": ["bench/memory_estimate.py"], "bench/cpu_grpo.py": ["bench/cpu_grpo.py"],
     "scripts/check_vllm.py": ["scripts/check_vllm.py"],
     "sh scripts/gpu_check.sh": ["sh", "scripts/gpu_check.sh"],
     "sh scripts/check_vllm.sh": ["sh", "scripts/check_vllm.sh"],
