@@ -39,6 +39,7 @@ from training.dpo import DPOTrainer
 from training.grpo import GRPOTrainer
 from training.health import PREEMPTED_EXIT, RunStopped, bad_sample_limit
 from training.plot import plot_loss
+from training.posttraining import refuse_sharded
 from training.rewards import resolve as resolve_rewards
 from training.trainer import VLMTrainer
 
@@ -83,6 +84,7 @@ def check_objective(data: DataArguments, args: VLMTrainingArguments) -> dict:
         return {}
     if data.packing:
         raise ValueError(f"--packing is for --objective sft; {args.objective} compares whole answers of one prompt")
+    refuse_sharded(args, args.objective)
     args.beta = args.beta if args.beta is not None else {"dpo": 0.1, "grpo": 0.0}[args.objective]
     where = data.data_mixture or data.captions_file
     samples = (Mixture.read(data.data_mixture, args.seed, data.data_store) if data.data_mixture

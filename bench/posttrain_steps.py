@@ -24,6 +24,16 @@ def timed(parts: dict, name: str, device, fn):
     return out
 
 
+def reference_pass(model, reference, log_probs):
+    """log_probs(the reference model), without gradients: `reference` itself, or "adapter": `model` with its adapter
+    switched off."""
+    with torch.no_grad():
+        if reference == "adapter":
+            with model.llm.disable_adapter():
+                return log_probs(model)
+        return log_probs(reference)
+
+
 def grpo_step(model, batch: dict, num_generations: int, new_tokens: int, optimizer, reference=None,
               autocast=None) -> tuple[dict, int]:
     """Rollouts of the batch's rows (each prompt's G copies side by side), random rewards, then the reference pass
@@ -45,13 +55,7 @@ def grpo_step(model, batch: dict, num_generations: int, new_tokens: int, optimiz
 
         ref = None
         if reference is not None:
-            def reference_pass():
-                with torch.no_grad():
-                    if reference == "adapter":
-                        with model.llm.disable_adapter():
-                            return log_probs(model)
-                    return log_probs(reference)
-            ref = timed(parts, "reference", device, reference_pass)
+            ref = timed(parts, "reference", device, lambda: reference_pass(model, reference, log_probs))
 
         def policy():
             lp = log_probs(model)
@@ -74,13 +78,7 @@ def dpo_step(model, batch: dict, optimizer, reference="adapter", autocast=None) 
         return m(**batch, return_log_probs=True).log_probs.sum(-1).float()
 
     with autocast:
-        def reference_pass():
-            with torch.no_grad():
-                if reference == "adapter":
-                    with model.llm.disable_adapter():
-                        return logps(model)
-                return logps(reference)
-        ref = timed(parts, "reference", device, reference_pass)
+        ref = timed(parts, "reference", device, lambda: reference_pass(model, reference, logps))
 
         def policy():
             chosen, rejected = logps(model).chunk(2)

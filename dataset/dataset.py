@@ -107,10 +107,7 @@ class VLMDataset(Dataset):
     def encode(self, index: int) -> dict:
         """One sample as tensors; BadSample when it cannot be used."""
         sample = self.samples[index]
-        try:
-            pixels, sizes = self.pixels(self.samples.paths(index))
-        except ImageLoadError as e:
-            raise BadSample(str(e)) from None
+        pixels, sizes = self.images_of(index)
         input_ids, labels = encode_conversation(self.processor, self.messages(index, sample), sizes)
         if len(input_ids) > self.max_length:
             if self.processor.image_token_id in input_ids[self.max_length:]:
@@ -125,6 +122,13 @@ class VLMDataset(Dataset):
             "pixel_values": pixels,  # (tiles, 3, H, W): one a image, or anyres's base view and tiles
             "image_sizes": sizes,
         }
+
+    def images_of(self, index: int) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+        """Sample `index`'s pixels and image sizes (see pixels); BadSample when an image cannot be used."""
+        try:
+            return self.pixels(self.samples.paths(index))
+        except ImageLoadError as e:
+            raise BadSample(str(e)) from None
 
     def pixels(self, paths: list[str]) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
         """The images' pixels (tiles, 3, H, W), one after the other, and their (height, width)."""

@@ -11,8 +11,6 @@ rejected rows, the images once per row. The same file trains SFT on the chosen a
 
 import torch
 
-from visual import ImageLoadError
-
 from .collator import VLMCollator
 from .conversation import IGNORE_INDEX, encode_conversation
 from .dataset import BadSample, VLMDataset
@@ -34,10 +32,7 @@ def check_pairs(samples, where: str):
 class PreferenceDataset(VLMDataset):
     def encode(self, index: int) -> dict:
         sample = self.samples[index]
-        try:
-            pixels, sizes = self.pixels(self.samples.paths(index))
-        except ImageLoadError as e:  # counted as a bad sample, as in SFT
-            raise BadSample(str(e)) from None
+        pixels, sizes = self.images_of(index)  # BadSample when an image cannot be used: counted, as in SFT
         messages = self.messages(index, sample)
         rows = {}
         answers = {"chosen": messages[-1]["content"], "rejected": sample["conversations"][-1]["rejected"]}

@@ -12,8 +12,6 @@ the sampler.
 
 import torch
 
-from visual import ImageLoadError
-
 from .collator import VLMCollator
 from .dataset import BadSample, VLMDataset
 
@@ -31,10 +29,7 @@ def check_prompts(samples, where: str):
 class PromptDataset(VLMDataset):
     def encode(self, index: int) -> dict:
         sample = self.samples[index]
-        try:
-            pixels, sizes = self.pixels(self.samples.paths(index))
-        except ImageLoadError as e:  # counted as a bad sample, as in SFT
-            raise BadSample(str(e)) from None
+        pixels, sizes = self.images_of(index)  # BadSample when an image cannot be used: counted, as in SFT
         messages = self.messages(index, sample)
         ids = self.processor.encode(self.processor.render(messages[:-1], add_generation_prompt=True), sizes)
         if len(ids) > self.max_length:

@@ -36,10 +36,10 @@ if ! "$PY" -c "import deepspeed" >/dev/null 2>&1; then
 fi
 # math-verify, for GRPO's math reward (training/rewards.py), with the ANTLR runtime its LaTeX parser needs: installed
 # on its own, as lmms-eval's latex2sympy2 (used only by a few of its math tasks) pins an older ANTLR, so one resolver
-# run cannot hold both. Users who want the math reward: pip install 'math-verify[antlr4_13_2]'.
+# run cannot hold both. Users who want the math reward: pip install math-verify.
 if ! "$PY" -c "import math_verify.parser" >/dev/null 2>&1; then
     echo "setup_venv: installing math-verify (GRPO's math reward)"
-    "$PY" -m pip install -q "math-verify[antlr4_13_2]==0.9.0" 2>&1 | grep -v -e "latex2sympy2 " -e "dependency resolver" \
+    "$PY" -m pip install -q "math-verify==0.9.0" 2>&1 | grep -v -e "latex2sympy2 " -e "dependency resolver" \
         -e "^WARNING: Location" || true
     "$PY" -c "import math_verify.parser"  # fails the setup if that install did not take
 fi

@@ -9,6 +9,7 @@ import pytest
 import torch
 from runs import argv, losses, tiny_setup, torchrun
 from tiny import COLORS
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 import train
 from dataset.preference import PreferenceCollator, PreferenceDataset
@@ -156,16 +157,18 @@ def test_grpo_with_kl_several_iterations_and_a_resume_that_continues_exactly(set
     assert all("kl" in h for h in history if "loss" in h)
 
 
-def test_dpo_on_two_processes_equals_one(setup, tmp_path):
+@pytest.mark.parametrize("launcher", [["--ddp_backend", "gloo"], ["--deepspeed", "configs/zero2.json"]],
+                         ids=["ddp", "zero2"])
+def test_dpo_on_two_processes_equals_one(setup, tmp_path, launcher):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    result = torchrun(2, post_argv(setup, str(ddp), "dpo", setup["sft_full"], "--llm_mode", "full", "--ddp_backend",
-                                   "gloo", "--use_cpu", "true", "--per_device_train_batch_size", "2", steps=4,
+    result = torchrun(2, post_argv(setup, str(ddp), "dpo", setup["sft_full"], "--llm_mode", "full", *launcher,
+                                   "--use_cpu", "true", "--per_device_train_batch_size", "2", steps=4,
                                    data=setup["pairs"]))
     assert result.returncode == 0, result.stderr[-3000:]
     assert train.main(post_argv(setup, str(single), "dpo", setup["sft_full"], "--llm_mode", "full", steps=4,
                                 data=setup["pairs"])) == 0
     a, b = losses(ddp), losses(single)
-    print(f"DPO, 2 processes vs 1: losses {a} vs {b}")
+    print(f"DPO, 2 processes ({launcher[-1]}) vs 1: losses {a} vs {b}")
     assert len(a) == 4 and max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
 
 
@@ -194,9 +197,14 @@ def test_bad_input_one_sentence_exit_2_nothing_written(setup, tmp_path, capsys):
         (post_argv(setup, str(out), "dpo", str(tmp_path / "nowhere"), data=setup["pairs"]),
          "checkpoint folder not found"),
         (post_argv(setup, str(out), "ppo", setup["sft_lora"]), "--objective must be one of"),
+        (post_argv(setup, str(out), "dpo", setup["sft_lora"], "--deepspeed", "configs/zero3.json", "--use_cpu", "true",
+                   data=setup["pairs"]), "runs under DDP or DeepSpeed ZeRO-2, not ZeRO-3 or FSDP"),
     ]
     for args, says in cases:
-        assert train.main(args) == 2, says
+        try:
+            assert train.main(args) == 2, says
+        finally:
+            unset_hf_deepspeed_config()  # the ZeRO-3 case's global setting must not outlive it
         err = capsys.readouterr().err.strip().splitlines()
         assert says in err[-1], (says, err[-3:])
         assert not out.exists() or not any(p.name.startswith("checkpoint") for p in out.iterdir())

@@ -80,7 +80,7 @@ def math_answer(completions: list[str], solution: list[str], **kwargs) -> list[f
     try:
         from math_verify import parse, verify
     except ImportError:
-        raise ValueError("the math reward needs math-verify: pip install 'math-verify[antlr4_13_2]'") from None
+        raise ValueError("the math reward needs math-verify: pip install math-verify") from None
     rewards = []
     for c, s in zip(completions, solution, strict=True):
         gold = parse(answer_text(s) if "$" in answer_text(s) else f"${answer_text(s)}$")
@@ -130,6 +130,8 @@ def resolve(names: str | list[str]) -> dict:
         raise ValueError(f"--objective grpo needs --reward_funcs: any of {', '.join(REWARDS)}, or module:function")
     functions = {}
     for name in names:
+        if name == "math" and importlib.util.find_spec("math_verify") is None:  # before any model loads
+            raise ValueError("the math reward needs math-verify: pip install math-verify")
         if name in REWARDS:
             functions[name] = REWARDS[name]
         elif ":" in name:
