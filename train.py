@@ -76,8 +76,9 @@ OBJECTIVES = {"sft": (VLMDataset, VLMTrainer), "dpo": (PreferenceDataset, DPOTra
               "grpo": (PromptDataset, GRPOTrainer)}
 
 
-def check_objective(data: DataArguments, args: VLMTrainingArguments) -> dict:
-    """Post-training's flags and data, before any model is loaded; returns the GRPO reward functions by name."""
+def check_objective(data: DataArguments, args: VLMTrainingArguments, mixture: Mixture | None) -> dict:
+    """Post-training's flags and data (the mixture's samples, or those of --captions_file), before any model is loaded;
+    returns the GRPO reward functions by name."""
     if args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {args.objective!r}")
     if args.objective == "sft":
@@ -87,8 +88,8 @@ def check_objective(data: DataArguments, args: VLMTrainingArguments) -> dict:
     refuse_sharded(args, args.objective)
     args.beta = args.beta if args.beta is not None else {"dpo": 0.1, "grpo": 0.0}[args.objective]
     where = data.data_mixture or data.captions_file
-    samples = (Mixture.read(data.data_mixture, args.seed, data.data_store) if data.data_mixture
-               else open_samples(data.image_map, data.captions_file, data.data_store, progress=False))
+    samples = mixture if mixture is not None else open_samples(data.image_map, data.captions_file, data.data_store,
+                                                               progress=False)
     if args.objective == "dpo":
         check_pairs(samples, where)
         return {}
@@ -163,7 +164,8 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     """Everything up to the first step; bad input raises FileNotFoundError or ValueError. `given`: the argument
     names the command line or the config file set."""
     heldout = check_data(data_args, args)
-    reward_funcs = check_objective(data_args, args)
+    mixture = Mixture.read(data_args.data_mixture, args.seed, data_args.data_store) if data_args.data_mixture else None
+    reward_funcs = check_objective(data_args, args, mixture)
     bad_sample_limit(args.max_bad_samples, 1)  # validates the flag before any model is loaded
     if args.fsdp and model_args.llm_mode == "qlora":
         raise ValueError("--llm_mode qlora does not run under --fsdp (FSDP2 cannot shard bitsandbytes' 4-bit weights): "
@@ -179,7 +181,6 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
     model = build_model(model_args, data_args, dtype)
     if is_deepspeed_zero3_enabled():  # weights were partitioned at load; buffers are still on the CPU
         place_buffers(model, args.device)
-    mixture = Mixture.read(data_args.data_mixture, args.seed, data_args.data_store) if data_args.data_mixture else None
     if mixture is not None and args.process_index == 0:
         print(mixture.summary(), file=sys.stderr)
     dataset_class, trainer_class = OBJECTIVES[args.objective]

@@ -5,6 +5,9 @@ import torch
 
 from .conversation import IGNORE_INDEX
 
+# the keys of a batch that the model takes; the others are the trainer's (reports, the bad-sample count, throughput)
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_sizes", "labels")
+
 
 class VLMCollator:
     def __init__(self, pad_token_id: int, padding_side: str = "right"):

@@ -12,7 +12,7 @@ rejected rows, the images once per row. The same file trains SFT on the chosen a
 import torch
 
 from .collator import VLMCollator
-from .conversation import IGNORE_INDEX, encode_conversation
+from .conversation import encode_conversation
 from .dataset import BadSample, VLMDataset
 
 
@@ -55,12 +55,6 @@ class PreferenceCollator(VLMCollator):
                  "pixel_values": item["pixel_values"], "image_sizes": item["image_sizes"],
                  "skipped": item["skipped"] if side == "chosen" else []}
                 for side in ("chosen", "rejected") for item in items]
-        ids = [row["input_ids"] for row in rows]
-        batch = {
-            "input_ids": self.pad(ids, self.pad_token_id),  # (2P, T)
-            "attention_mask": self.pad([torch.ones_like(s) for s in ids], 0),  # (2P, T)
-            "labels": self.pad([row["labels"] for row in rows], IGNORE_INDEX),  # (2P, T)
-            **self.extras(rows),
-        }
+        batch = super().__call__(rows)  # (2P, T) rows, padded as SFT rows are
         batch["sample_ids"] = batch["pair_ids"] = [item["id"] for item in items]
         return batch

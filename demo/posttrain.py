@@ -20,21 +20,23 @@ GRPO = dict(steps=200, prompts=16, generations=8, learning_rate=1e-4, max_comple
 DPO = dict(steps=100, pairs=32, learning_rate=5e-6, beta=0.1)
 
 
-def heldout_accuracy(run, python: str, checkpoint: str, folder: str, log: str) -> dict:
-    """eval.py's exact match on a processed held-out set, over all its samples and over the two-shape images."""
+def heldout_accuracy(run, python: str, checkpoint: str, folder: str, log: str, shapes_of: dict) -> dict:
+    """eval.py's answers on a processed held-out set, scored by exact match over all its samples and over the
+    two-shape images (shapes_of: image path relative to the held-out folder -> its number of shapes)."""
+    out = os.path.join(checkpoint, "eval_" + os.path.basename(folder))
     run([python, "eval.py", "--model_weights", checkpoint, "--image_map", f"{folder}/image_map.json",
-         "--captions_file", f"{folder}/captions.json", "--output_dir", os.path.join(checkpoint, "eval_" +
-                                                                                   os.path.basename(folder)),
-         "--batch_size", "100", "--max_new_tokens", "24", "--no_progress"], log)
-    rows = [json.loads(line) for line in open(os.path.join(checkpoint, "eval_" + os.path.basename(folder),
-                                                           "eval_predictions.jsonl"), encoding="utf-8")]
-    right = [r["prediction"].strip() == r["reference"].strip() for r in rows]
-    return {"n": len(rows), "exact_match": sum(right) / len(rows), "rows": rows}
-
-
-def two_shape_accuracy(rows: list[dict], shapes_of: dict) -> tuple[float, int]:
-    picked = [r["prediction"].strip() == r["reference"].strip() for r in rows if shapes_of.get(r["images"][0]) == 2]
-    return (sum(picked) / len(picked) if picked else float("nan")), len(picked)
+         "--captions_file", f"{folder}/captions.json", "--output_dir", out, "--batch_size", "100",
+         "--max_new_tokens", "24", "--no_progress"], log)
+    split = os.path.dirname(folder)
+    right, two = [], []
+    for line in open(os.path.join(out, "eval_predictions.jsonl"), encoding="utf-8"):
+        row = json.loads(line)
+        ok = row["prediction"].strip() == row["reference"].strip()
+        right.append(ok)
+        if shapes_of.get(os.path.relpath(row["images"][0], split)) == 2:
+            two.append(ok)
+    return {"n": len(right), "exact_match": sum(right) / len(right),
+            "two_shapes": sum(two) / len(two) if two else float("nan"), "n_two_shapes": len(two)}
 
 
 def shape_counts(data: str) -> dict:
@@ -52,12 +54,7 @@ def run_posttrain(run, python: str, data: str, sft: str, seed: int, grpo_steps: 
     results = {}
 
     def accuracy(checkpoint, name, log):
-        figures = heldout_accuracy(run, python, checkpoint, os.path.join(test, name), log)
-        rows = figures.pop("rows")
-        for row in rows:
-            row["images"] = [os.path.relpath(p, test) if os.path.isabs(p) else p for p in row["images"]]
-        figures["two_shapes"], figures["n_two_shapes"] = two_shape_accuracy(rows, counts)
-        return figures
+        return heldout_accuracy(run, python, checkpoint, os.path.join(test, name), log, counts)
 
     # ---- GRPO: a rule learned from rewards alone ----
     steps = GRPO["steps"] if grpo_steps is None else grpo_steps

@@ -3,7 +3,7 @@
 
 For each pair the policy's and the reference model's log-probabilities of each answer (summed over its tokens, its
 end-of-turn token included) give two log-ratios, and the loss pushes the chosen answer's above the rejected one's.
-The losses are TRL's (DPOTrainer._compute_loss, trl 1.16), held equal to it in tests/test_dpo.py, with
+The losses are TRL's (DPOTrainer._compute_loss, trl 1.16), held equal to it in tests/test_posttraining_losses.py, with
 Δ = chosen log-ratio - rejected log-ratio:
 
 - sigmoid: -log σ(β Δ)                                    (DPO)
@@ -27,9 +27,10 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from common import atomic_file
+from dataset.collator import MODEL_INPUTS
 from dataset.conversation import IGNORE_INDEX
 
-from .posttraining import PostTrainer, only_lora_trains, refuse_sharded
+from .posttraining import PostTrainer, only_lora_trains
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 REFERENCE_FILE = "reference_log_probs.json"
@@ -77,9 +78,10 @@ def answer_log_probs(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 class DPOTrainer(PostTrainer):
     """Batches from dataset/preference.py: the P chosen rows, then the P rejected rows of the same prompts."""
 
+    objective = "dpo"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        refuse_sharded(self.args, "dpo")
         self.loss_type = self.args.loss_type or "sigmoid"
         check_dpo_arguments(self.args.beta, self.loss_type, self.args.label_smoothing)
         # None: the adapter switched off; else {pair id: [chosen, rejected]} of the starting model, before training
@@ -108,7 +110,7 @@ class DPOTrainer(PostTrainer):
         for start in tqdm(range(0, len(indices), size), desc="reference log-probs", disable=quiet):
             batch = self.data_collator([dataset[i] for i in indices[start:start + size]])
             inputs = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()
-                      if k in ("input_ids", "attention_mask", "pixel_values", "image_sizes", "labels")}
+                      if k in MODEL_INPUTS}
             with self.autocast_smart_context_manager():
                 logps = answer_log_probs(model, inputs)[0].float().cpu()
             chosen, rejected = logps.chunk(2)

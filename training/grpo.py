@@ -5,7 +5,8 @@ Each prompt gets G = --num_generations completions, sampled from the current pol
 the reward functions (their weighted sum, --reward_weights), and its advantage is its reward's distance from its
 group's mean, divided by the group's std (--scale_rewards group; batch: the batch's std; none: not divided). An
 all-equal group gives every completion 0. The policy then takes --num_iterations optimizer steps on the same
-rollouts, each on TRL's clipped objective (GRPOTrainer._compute_loss, trl 1.16, held equal in tests/test_grpo.py):
+rollouts, each on TRL's clipped objective (GRPOTrainer._compute_loss, trl 1.16; held equal to it in
+tests/test_posttraining_losses.py):
 
     ratio = exp(log π(token) - log π_old(token));  per token: -min(ratio A, clip(ratio, 1 - ε_low, 1 + ε_high) A)
             + β KL,  KL = exp(ref - log π) - (ref - log π) - 1   (the k3 estimator; β = 0: no reference at all)
@@ -22,7 +23,7 @@ clip_ratio/low_mean, high_mean, region_mean.
 import torch
 from torch.utils.data import Sampler
 
-from .posttraining import PostTrainer, only_lora_trains, refuse_sharded
+from .posttraining import PostTrainer, only_lora_trains
 from .rollouts import sample_completions, scored_rows
 
 GRPO_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -122,9 +123,10 @@ class RepeatedBatches(Sampler):
 class GRPOTrainer(PostTrainer):
     """Batches from dataset/prompts.py (each prompt G times); _prepare_inputs turns them into scored rollouts."""
 
+    objective = "grpo"
+
     def __init__(self, *args, reward_funcs: dict, **kwargs):
         super().__init__(*args, **kwargs)
-        refuse_sharded(self.args, "grpo")
         check_grpo_arguments(self.args, len(reward_funcs))
         self.loss_type = self.args.loss_type or "grpo"
         self.reward_funcs = reward_funcs

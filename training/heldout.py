@@ -17,6 +17,7 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 from transformers import TrainerCallback
 
+from dataset.collator import MODEL_INPUTS
 from dataset.conversation import IGNORE_INDEX
 from evaluation.conversations import answer_sorted, score
 
@@ -40,8 +41,7 @@ def heldout_loss(model, dataset, collator, batch_size: int, device, process_inde
     try:
         for start in range(0, len(order), batch_size):
             batch = collator([dataset[i] for i in order[start:start + batch_size]])
-            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()
-                      if k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_sizes", "labels")}
+            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k in MODEL_INPUTS}
             tokens = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
             real = start < len(indices)  # padding batches run, but count nothing
             totals += real * torch.stack([model(**inputs).loss.double() * tokens, tokens.double()])

@@ -47,8 +47,11 @@ class PostTrainer(VLMTrainer):
     """A VLMTrainer whose objective returns a batch mean (the Trainer scales it for gradient accumulation) and records
     metrics with `record`, logged as their mean over the interval."""
 
+    objective = None  # "dpo" or "grpo": named in the refusal of sharded setups
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        refuse_sharded(self.args, self.objective)  # train.py refuses them earlier, before the model loads
         self.model_accepts_loss_kwargs = False  # our losses are batch means: the Trainer divides them by accumulation
         disable_dropout(self.model)
         self._metrics = defaultdict(lambda: [0.0, 0.0])  # name -> [sum, count] since the last log
