@@ -112,6 +112,7 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
     config = VLMConfig(
         llm=m.base_language_model or "", vision=m.base_vision_model or "", select_layer=m.select_layer,
         select_feature=m.select_feature, post_layernorm=m.post_layernorm, projector_type=m.projector_type,
+        pixel_shuffle=m.pixel_shuffle,
         image_aspect_ratio=m.image_aspect_ratio, image_grid_pinpoints=m.image_grid_pinpoints,
         max_image_tokens=m.max_image_tokens,
         image_token=m.image_token, system_prompt=data.system_prompt, vision_mode=m.vision_mode,

@@ -24,6 +24,7 @@ class VLMConfig:
     select_feature: str = "patch"
     post_layernorm: bool = False
     projector_type: str = "mlp2x_gelu"
+    pixel_shuffle: int = 1  # pixel_shuffle_mlp: factor² fewer image tokens (pixel_shuffle.py)
     # square (the tower's own resize and crop) | pad (LLaVA-1.5) | anyres (LLaVA-NeXT): see anyres.py
     image_aspect_ratio: str = "square"
     image_grid_pinpoints: list | str | None = None  # anyres: [[height, width], ...] or "HxW,..."; default LLaVA-NeXT's
@@ -37,7 +38,7 @@ class VLMConfig:
     lora_rank: int = 128
     lora_alpha: int | None = None  # None: 2 x lora_rank (the original hard-coded 32)
     lora_dropout: float = 0.05
-    target_modules: str = "c_attn|w1|w2"  # "|"-separated module names, or "all-linear"
+    target_modules: str = "auto"  # "|"-separated module names, "all-linear", or "auto" (lora_targets.py)
     # Filled in when the model is built; recorded so a checkpoint can be checked against its base.
     num_image_tokens: int | None = None
     vision_hidden_size: int | None = None

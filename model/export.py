@@ -50,7 +50,11 @@ def llava_problems(vision: str, projector_type: str, post_layernorm: bool) -> li
     if is_open_clip(vision):
         problems.append(f"its vision tower is open_clip ({vision}), not a transformers CLIP/SigLIP model: train with "
                         f"a CLIP/SigLIP hub id or folder as --base_vision_model ({DEMO_HINT})")
-    if projector_type != "mlp2x_gelu":
+    if projector_type == "pixel_shuffle_mlp":
+        problems.append("Llava has no pixel shuffle, and Idefics3/SmolVLM, which have one, follow it with a single "
+                        "bias-free linear layer and split images into tiles with tokens of their own, so no format "
+                        "vLLM serves holds a pixel_shuffle_mlp model")
+    elif projector_type != "mlp2x_gelu":
         problems.append(f"Llava's projector is mlp2x_gelu, not {projector_type}")
     if post_layernorm:
         problems.append("Llava cannot apply the vision post-layernorm to the selected layer")
@@ -117,7 +121,8 @@ def llava_strategy(model: VisionLanguageModel) -> str:
     dropped = {"patch": model.vision_tower.prefix_tokens, "cls_patch": 0, "all_but_first": 1}
     n = dropped[model.config.select_feature]
     if n not in (0, 1):
-        raise ValueError(f"a tower with {n} prefix tokens has no Llava feature-select strategy")
+        raise ValueError(f"cannot export to Llava: the vision tower has {n} tokens before its patch grid (a CLS token "
+                         f"and registers, as DINOv2-with-registers and DINOv3), and Llava can drop only the first")
     return "default" if n == 1 else "full"
 
 
@@ -227,9 +232,17 @@ def to_llava_model(model: VisionLanguageModel):
     return llava, tokenizer
 
 
+SERVED_TOWERS = ("clip_vision_model", "siglip_vision_model")  # the towers vLLM's and SGLang's Llava build
+
+
 def serving_state_dict(llava) -> dict:
-    """Llava's weights in the key layout that vLLM and SGLang read: the vision tower's as
-    `vision_tower.vision_model.*` (the original Llava checkpoints' layout); transformers reads it too."""
+    """Llava's weights in the key layout that vLLM and SGLang read: a CLIP or SigLIP tower's as
+    `vision_tower.vision_model.*` (the original Llava checkpoints' layout); transformers reads it too. Other towers
+    (DINOv2, AIMv2), which transformers' Llava takes but those servers do not, keep transformers' layout."""
+    if llava.config.vision_config.model_type not in SERVED_TOWERS:
+        logger.warning("the %s vision tower exports to a Llava checkpoint that transformers loads; vLLM and SGLang "
+                       "serve Llava with CLIP or SigLIP towers only", llava.config.vision_config.model_type)
+        return llava.state_dict()
     tower = "model.vision_tower."
     return {f"{tower}vision_model.{k[len(tower):]}" if k.startswith(tower) else k: v
             for k, v in llava.state_dict().items()}

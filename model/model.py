@@ -24,8 +24,10 @@ from visual import FeatureSelection, load_vision_tower
 from .anyres import ImageInputs, pack_features
 from .config import LORA_MODES, VLMConfig
 from .decoding import DECODING_MODES, StaticDecoder
+from .lora_targets import default_lora_targets
 from .loss import causal_lm_loss, token_log_probs
 from .loss import resolve as resolve_loss
+from .pixel_shuffle import shuffled_tokens
 from .processor import VLMProcessor
 from .projector import build_projector
 from .quantization import nf4_config, prepare_for_training
@@ -65,7 +67,8 @@ class VisionLanguageModel(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         # trainable parts stay fp32 even under a bf16 LLM: it is tiny, and keeps AdamW exact
-        self.projector = build_projector(config.projector_type, vision_tower.hidden_size, config.llm_hidden_size)
+        self.projector = build_projector(config.projector_type, vision_tower.hidden_size, config.llm_hidden_size,
+                                         config.pixel_shuffle)
         if config.image_aspect_ratio == "anyres":  # LLaVA-NeXT's newline vector, trained and saved with the projector
             width = config.llm_hidden_size
             self.projector.register_parameter("image_newline", nn.Parameter(torch.randn(width) / width ** 0.5))
@@ -105,7 +108,8 @@ class VisionLanguageModel(nn.Module):
                 llm.to(device)
             tower.to(device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
-        config.num_image_tokens = tower.num_patches
+        config.num_image_tokens = tower.num_patches if config.projector_type != "pixel_shuffle_mlp" else \
+            shuffled_tokens(tower.num_patches, config.pixel_shuffle)
         config.resolve_image_layout(tower.image_size)
         config.vision_hidden_size = tower.hidden_size
         config.llm_hidden_size = llm.config.get_text_config().hidden_size
@@ -121,6 +125,8 @@ class VisionLanguageModel(nn.Module):
         self.vision_tower.set_trainable(cfg.vision_mode == "full")
         self.projector.requires_grad_(cfg.projector_mode == "train")
         if cfg.llm_mode in LORA_MODES and not isinstance(self.llm, PeftModel):
+            if cfg.target_modules == "auto":  # recorded resolved, so the checkpoint names its targets
+                cfg.target_modules = default_lora_targets(self.llm.config.model_type)
             if cfg.llm_mode == "qlora":
                 self.llm = prepare_for_training(self.llm)
             lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -131,3 +131,87 @@ def write_color_dataset(folder, n=32):
     with open(os.path.join(folder, "captions.json"), "w") as f:
         json.dump(samples, f)
     return os.path.join(folder, "image_map.json"), os.path.join(folder, "captions.json")
+
+
+# The LLM families of the model matrix (tests/test_families.py): each tiny, with the detail that breaks naive glue.
+TINY_TEXT = dict(vocab_size=272, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, max_position_embeddings=256, bos_token_id=None, eos_token_id=None)
+
+
+def llm_family_configs() -> dict:
+    """model_type -> a tiny config of that family (fp32, random weights)."""
+    from transformers import (
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Olmo2Config,
+        Phi3Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
+        SmolLM3Config,
+    )
+
+    return {
+        "llama": LlamaConfig(**TINY_TEXT),
+        "qwen3": Qwen3Config(**TINY_TEXT, head_dim=16, tie_word_embeddings=True),  # tied, as Qwen3-0.6B to 4B
+        "qwen3_moe": Qwen3MoeConfig(**TINY_TEXT, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                    moe_intermediate_size=32, decoder_sparse_step=1),
+        # tied and scaled embeddings; a sliding-window layer (window 6) beside a global one
+        "gemma3_text": Gemma3TextConfig(**TINY_TEXT, head_dim=16, sliding_window=6,
+                                        layer_types=["sliding_attention", "full_attention"]),
+        "smollm3": SmolLM3Config(**TINY_TEXT, no_rope_layers=[1, 0], pad_token_id=0),  # layer 2 without RoPE (NoPE)
+        "phi3": Phi3Config(**TINY_TEXT, pad_token_id=0),  # fused qkv_proj and gate_up_proj
+        "mistral": MistralConfig(**TINY_TEXT, sliding_window=6),  # every layer sliding
+        "olmo2": Olmo2Config(**TINY_TEXT, pad_token_id=0),  # q/k norms, norms after the blocks
+    }
+
+
+def save_tiny_llm(folder, family: str) -> str:
+    """A tiny transformers LLM of `family` (a key of llm_family_configs) with the byte-level tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from demo.bases import byte_level_tokenizer
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(llm_family_configs()[family]).save_pretrained(folder)
+    byte_level_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, patch_size=8)
+
+
+def save_tiny_tower(folder, family: str) -> str:
+    """A tiny vision tower of `family` with its processor, 32 px images in 16 patches of 8 px: dinov2 (a CLS token;
+    its 64 px position grid interpolated to the 32 px crop, as DINOv2's 518 px one is to 224 px),
+    dinov2_with_registers and dinov3_vit (CLS + 4 registers; DINOv3 with RoPE), aimv2 (no CLS)."""
+    import torch
+    from transformers import (
+        Aimv2VisionConfig,
+        Aimv2VisionModel,
+        BitImageProcessor,
+        CLIPImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        DINOv3ViTConfig,
+        DINOv3ViTImageProcessor,
+        DINOv3ViTModel,
+    )
+
+    torch.manual_seed(0)
+    crop = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model, processor = {
+        "dinov2": lambda: (Dinov2Model(Dinov2Config(**TINY_VIT, image_size=64)), BitImageProcessor(**crop)),
+        "dinov2_with_registers": lambda: (
+            Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**TINY_VIT, image_size=32, num_register_tokens=4)),
+            BitImageProcessor(**crop)),
+        "dinov3_vit": lambda: (DINOv3ViTModel(DINOv3ViTConfig(**TINY_VIT, image_size=32, num_register_tokens=4)),
+                               DINOv3ViTImageProcessor(size={"height": 32, "width": 32})),
+        "aimv2": lambda: (Aimv2VisionModel(Aimv2VisionConfig(**TINY_VIT, image_size=32)), CLIPImageProcessor(**crop)),
+    }[family]()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

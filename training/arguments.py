@@ -30,7 +30,10 @@ class ModelArguments:
     select_layer: int = field(default=-2, metadata={"help": "vision hidden state: -2 is the penultimate block"})
     select_feature: str = field(default="patch", metadata={"help": "patch | cls_patch | all_but_first"})
     post_layernorm: bool = field(default=False, metadata={"help": "apply the vision post-layernorm"})
-    projector_type: str = field(default="mlp2x_gelu", metadata={"help": "mlp2x_gelu | linear"})
+    projector_type: str = field(default="mlp2x_gelu", metadata={
+        "help": "mlp2x_gelu | linear | pixel_shuffle_mlp (space-to-depth first: --pixel_shuffle² fewer image tokens)"})
+    pixel_shuffle: int = field(default=1, metadata={
+        "help": "pixel_shuffle_mlp: the factor (2 or 3); a grid it does not divide is zero-padded bottom and right"})
     image_aspect_ratio: str = field(default="square", metadata={
         "help": "square (the tower's resize and crop) | pad (LLaVA-1.5: padded to a square with the mean colour) | "
                 "anyres (LLaVA-NeXT: tiles of the best-fitting grid plus a base view, docs/models.md)"})
@@ -47,7 +50,10 @@ class ModelArguments:
     lora_rank: int = field(default=128)
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 x lora_rank"})
     lora_dropout: float = field(default=0.05)
-    target_modules: str = field(default="c_attn|w1|w2", metadata={"help": "'|'-separated names, or all-linear"})
+    target_modules: str = field(default="auto", metadata={
+        "help": "'|'-separated names, all-linear, or auto: by the LLM's family (model/lora_targets.py): qwen "
+                "c_attn|w1|w2; phi3 qkv_proj|o_proj|gate_up_proj|down_proj; qwen3_moe q/k/v/o_proj; llama, qwen2, "
+                "qwen3, mistral, gemma3, smollm3, olmo2 q/k/v/o_proj and gate/up/down_proj; others all-linear"})
     loss_impl: str = field(
         default="auto", metadata={"help": "auto (chunked; labelled under ZeRO-3) | chunked | labelled | liger (CUDA, "
                                           "pip install liger-kernel) | plain: where the LM loss is computed "

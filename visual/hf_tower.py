@@ -1,11 +1,20 @@
-"""CLIP and SigLIP vision towers from transformers; the text tower of a full checkpoint is never built."""
+"""Vision towers from transformers: CLIP, SigLIP (SigLIP2's fixed-resolution checkpoints are SigLIP models), DINOv2
+(with or without registers), DINOv3 ViT and AIMv2. The text tower of a full checkpoint is never built.
+
+Prefix tokens, which `--select_feature patch` drops: CLIP and DINOv2 have a CLS token, DINOv2-with-registers and
+DINOv3 a CLS token and register tokens, SigLIP and AIMv2 none.
+"""
 
 import torch
+from torch import nn
 from transformers import (
+    Aimv2VisionModel,
     AutoConfig,
     AutoImageProcessor,
-    CLIPVisionConfig,
     CLIPVisionModel,
+    Dinov2Model,
+    Dinov2WithRegistersModel,
+    DINOv3ViTModel,
     SiglipVisionModel,
 )
 
@@ -17,7 +26,29 @@ FAMILIES = {
     "clip_vision_model": CLIPVisionModel,
     "siglip": SiglipVisionModel,
     "siglip_vision_model": SiglipVisionModel,
+    "dinov2": Dinov2Model,
+    "dinov2_with_registers": Dinov2WithRegistersModel,
+    "dinov3_vit": DINOv3ViTModel,
+    "aimv2": Aimv2VisionModel,
+    "aimv2_vision_model": Aimv2VisionModel,
 }
+FINAL_NORMS = ("post_layernorm", "layernorm", "norm", "rms_norm")  # the encoder's final norm, as each family names it
+
+
+def prefix_tokens(config) -> int:
+    """Tokens before the patch grid in the hidden states: CLS and register tokens."""
+    if config.model_type in ("siglip_vision_model", "aimv2_vision_model"):
+        return 0
+    return 1 + getattr(config, "num_register_tokens", 0)
+
+
+def processed_size(processor, config) -> int:
+    """The side, in pixels, of the images the tower sees: its processor's crop (or resize) size. DINOv2's 518 px
+    position grid is interpolated to the 224 px crop its processor makes, so the config's image_size is not it."""
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    size = crop or processor.size
+    side = size.get("height") or size.get("shortest_edge")
+    return side or config.image_size
 
 
 class HFImageProcessor:
@@ -36,18 +67,18 @@ class HFVisionTower(VisionTower):
         self.vision_model = vision_model
         self.image_processor = HFImageProcessor(image_processor)
         config = vision_model.config
-        self.prefix_tokens = 1 if isinstance(config, CLIPVisionConfig) else 0  # CLIP's CLS; SigLIP has none
+        self.prefix_tokens = prefix_tokens(config)
         self.hidden_size = config.hidden_size
-        self.image_size = config.image_size
-        self.num_patches = selection.num_tokens((config.image_size // config.patch_size) ** 2, self.prefix_tokens)
+        self.image_size = processed_size(image_processor, config)
+        self.num_patches = selection.num_tokens((self.image_size // config.patch_size) ** 2, self.prefix_tokens)
 
     @classmethod
     def load(cls, name: str, selection: FeatureSelection, dtype: torch.dtype = torch.float32):
         config = AutoConfig.from_pretrained(name)  # no trust_remote_code: only built-in families load
         if config.model_type not in FAMILIES:
             raise ValueError(
-                f"{name}: vision encoder type {config.model_type!r} is not supported; use a CLIP or SigLIP "
-                "checkpoint, or an open_clip model as open_clip:ARCH/TAG"
+                f"{name}: vision encoder type {config.model_type!r} is not supported; use a CLIP, SigLIP, DINOv2, "
+                "DINOv3 or AIMv2 checkpoint, or an open_clip model as open_clip:ARCH/TAG"
             )
         model_class = FAMILIES[config.model_type]
         vision_config = getattr(config, "vision_config", config)
@@ -59,7 +90,11 @@ class HFVisionTower(VisionTower):
         hidden = out.hidden_states[self.selection.select_layer]  # (B, prefix + grid, D)
         if self.selection.post_layernorm:
             inner = getattr(self.vision_model, "vision_model", self.vision_model)  # nested in older transformers
-            hidden = inner.post_layernorm(hidden)
+            norm = next((getattr(inner, n) for n in FINAL_NORMS if isinstance(getattr(inner, n, None), nn.Module)),
+                        None)
+            if norm is None:
+                raise ValueError(f"{type(inner).__name__} has no final norm for --post_layernorm")
+            hidden = norm(hidden)
         return hidden
 
     def save_pretrained(self, folder: str, state_dict: dict | None = None):
