@@ -7,6 +7,7 @@ Our layout (one self-contained folder, loadable from its path alone):
     adapter_model.safetensors/
     llm/                     llm_mode=full: the whole LLM and its tokenizer
     vision/                  vision_mode=full: the whole vision tower and its processor
+    vision_adapter.safetensors  vision_mode=lora: the tower's LoRA weights (its rank and alpha are the LLM's)
 The original project's layout: adapter_config.json, adapter_model.bin, other_params.bin (projector).
 """
 
@@ -26,7 +27,7 @@ from .config import CONFIG_NAME, LORA_MODES, VLMConfig
 from .model import VisionLanguageModel
 
 PROJECTOR_WEIGHTS = "projector.safetensors"
-LLM_DIR, VISION_DIR = "llm", "vision"
+LLM_DIR, VISION_DIR, VISION_ADAPTER = "llm", "vision", "vision_adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 LEGACY_PROJECTOR, LEGACY_ADAPTER = "other_params.bin", "adapter_model.bin"
 logger = logging.getLogger(__name__)
@@ -66,6 +67,23 @@ def save_checkpoint(model: VisionLanguageModel, folder: str, state_dict: dict | 
             model.tokenizer.save_pretrained(os.path.join(tmp, LLM_DIR))
         if cfg.vision_mode == "full":
             model.vision_tower.save_pretrained(os.path.join(tmp, VISION_DIR), part("vision_tower."))
+        elif cfg.vision_mode == "lora":
+            state = part("vision_tower.") or model.vision_tower.lora_state_dict()
+            save_file({k: v.contiguous() for k, v in state.items() if "lora_" in k}, os.path.join(tmp, VISION_ADAPTER))
+
+
+def load_vision_adapter(model: VisionLanguageModel, folder: str):
+    """--vision_mode lora: the tower's adapters, added where missing, and their weights from `folder`."""
+    require(folder, VISION_ADAPTER)
+    tower, cfg = model.vision_tower, model.config
+    if not tower.lora_state_dict():
+        from peft import LoraConfig
+
+        tower.add_lora(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout))
+    state = load_file(os.path.join(folder, VISION_ADAPTER))
+    result = tower.load_state_dict(state, strict=False)
+    if result.unexpected_keys or set(tower.lora_state_dict()) != set(state):
+        raise ValueError(f"the vision adapter in {folder} does not fit this tower: {sorted(state)[:3]}")
 
 
 def require(folder: str, *names: str):
@@ -89,7 +107,8 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
     config = VLMConfig.load(folder)
     needed = {"lora": [ADAPTER_CONFIG], "qlora": [ADAPTER_CONFIG], "full": [os.path.join(LLM_DIR, "config.json")],
               "frozen": []}
-    require(folder, *needed[config.llm_mode], *([VISION_DIR] if config.vision_mode == "full" else []))
+    vision_needed = {"full": [VISION_DIR], "lora": [VISION_ADAPTER], "frozen": []}[config.vision_mode]
+    require(folder, *needed[config.llm_mode], *vision_needed)
     llm_path = os.path.join(folder, LLM_DIR) if config.llm_mode == "full" else llm or config.llm
     vision_path = os.path.join(folder, VISION_DIR) if config.vision_mode == "full" else vision or config.vision
     if config.llm_mode == "full" and llm:
@@ -109,6 +128,10 @@ def load_checkpoint(folder: str, llm: str | None = None, vision: str | None = No
         model.llm = model.llm.dequantize(dtype=dtype)
     if config.llm_mode in LORA_MODES:
         model.llm = PeftModel.from_pretrained(model.llm, folder, is_trainable=trainable)
+    if config.vision_mode == "lora":
+        load_vision_adapter(model, folder)
+        if not trainable:
+            model.vision_tower.requires_grad_(False)
     return model.eval()
 
 
@@ -127,9 +150,10 @@ def load_starting_point(folder: str, config: VLMConfig, dtype=torch.float32, dev
     model = load_checkpoint(folder, dtype=dtype, device=device)
     if isinstance(model.llm, PeftModel):
         model.llm = model.llm.merge_and_unload()
+    model.vision_tower.merge_lora()
     saved = model.config
     changed_llm = saved.llm_mode != "frozen"
-    changed_vision = saved.vision_mode == "full"
+    changed_vision = saved.vision_mode != "frozen"
     holds_all = (config.llm_mode == "full" or not changed_llm) and (config.vision_mode == "full" or not changed_vision)
     modes = {f: getattr(config, f) for f in ("vision_mode", "projector_mode", "llm_mode", "lora_rank", "lora_alpha",
                                               "lora_dropout", "target_modules")}
@@ -209,6 +233,8 @@ def load_trainable_weights(model: VisionLanguageModel, folder: str):
 
         saved = load_vision_tower(os.path.join(folder, VISION_DIR), model.vision_tower.selection)
         model.vision_tower.load_state_dict(saved.state_dict())
+    elif cfg.vision_mode == "lora":
+        load_vision_adapter(model, folder)
 
 
 def load_llm_state(llm, state: dict, folder: str):

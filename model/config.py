@@ -9,7 +9,7 @@ from .layouts import ASPECT_RATIOS, parse_pinpoints
 
 CONFIG_NAME = "vlm_config.json"
 MODES = {
-    "vision_mode": ("frozen", "full"),
+    "vision_mode": ("frozen", "lora", "full"),  # lora: LoRA on the tower's Linear layers, the LLM's rank and alpha
     "projector_mode": ("train", "frozen"),
     "llm_mode": ("frozen", "lora", "qlora", "full"),
 }

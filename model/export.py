@@ -112,6 +112,7 @@ def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:
     """Folds the LoRA adapter into the LLM weights; the model then saves as a full (standalone) one."""
     if isinstance(model.llm, PeftModel):
         model.llm = model.llm.merge_and_unload()
+    model.vision_tower.merge_lora()
     model.config = replace(model.config, llm_mode="full", vision_mode="full")
     return model
 
@@ -190,6 +191,7 @@ def to_llava_model(model: VisionLanguageModel):
     if problems:
         raise ValueError("cannot export to Llava: " + "; ".join(problems))
     llm, tokenizer = native_llm(model)
+    model.vision_tower.merge_lora()
     if not type(llm).__module__.startswith("transformers."):
         raise ValueError(f"cannot export to Llava: the LLM {type(llm).__name__} is not a transformers model")
     vision = model.vision_tower.vision_model

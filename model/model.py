@@ -119,10 +119,15 @@ class VisionLanguageModel(nn.Module):
     # ---- trainable parts ----
 
     def apply_trainable_modes(self):
-        """vision frozen|full, projector train|frozen, llm frozen|lora|full. Frozen parameters get
+        """vision frozen|lora|full, projector train|frozen, llm frozen|lora|qlora|full. Frozen parameters get
         requires_grad=False, so they receive no gradient and no optimizer state."""
         cfg = self.config
-        self.vision_tower.set_trainable(cfg.vision_mode == "full")
+        if cfg.vision_mode == "lora":
+            if not self.vision_tower.lora_state_dict():
+                self.vision_tower.add_lora(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                      lora_dropout=cfg.lora_dropout))
+        else:
+            self.vision_tower.set_trainable(cfg.vision_mode == "full")
         self.projector.requires_grad_(cfg.projector_mode == "train")
         if cfg.llm_mode in LORA_MODES and not isinstance(self.llm, PeftModel):
             if cfg.target_modules == "auto":  # recorded resolved, so the checkpoint names its targets
@@ -148,6 +153,8 @@ class VisionLanguageModel(nn.Module):
             self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_, **kwargs)
         else:  # transformers before the rename
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_)
+        if not self.vision_tower.frozen:  # a tower that trains (full or LoRA) recomputes its blocks too
+            self.vision_tower.activation_checkpointing_enable(kwargs_)
         blocks = [m for m in self.llm.modules() if isinstance(m, GradientCheckpointingLayer)]
         for i, block in enumerate(blocks):
             block.gradient_checkpointing = i % self.checkpoint_every == 0

@@ -43,7 +43,8 @@ class ModelArguments:
     max_image_tokens: int | None = field(default=None, metadata={
         "help": "anyres: leave out the grids whose images could take more image tokens than this"})
     image_token: str = field(default="<image>", metadata={"help": "added for LLMs without <|extra_0|>"})
-    vision_mode: str = field(default="frozen", metadata={"help": "frozen | full"})
+    vision_mode: str = field(default="frozen", metadata={
+        "help": "frozen | lora (LoRA on the tower's Linear layers, at --lora_rank and --lora_alpha) | full"})
     projector_mode: str = field(default="train", metadata={"help": "train | frozen"})
     llm_mode: str = field(default="lora", metadata={
         "help": "frozen | lora | qlora (LoRA on the LLM loaded in 4-bit NF4; needs bitsandbytes) | full"})
@@ -98,6 +99,10 @@ class DataArguments:
 class VLMTrainingArguments(TrainingArguments):
     feature_proj_lr: float | None = field(
         default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
+    )
+    vision_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the vision tower with --vision_mode full or lora "
+                                        "(default: --learning_rate)"}
     )
     precision: str = field(
         default="auto",

@@ -42,22 +42,26 @@ from .checkpoints import publish, staging_folder
 from .health import PreemptionSignal, RunHealth, bad_sample_limit
 from .heldout import EvaluationReport, heldout_loss, heldout_metrics
 
-PROJECTOR_PREFIX = "projector."
+PROJECTOR_PREFIX, VISION_PREFIX = "projector.", "vision_tower."
 logger = logging.getLogger(__name__)
 
 
-def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, projector_lr: float | None):
-    """One group per (projector?, decays?) pair that has trainable parameters."""
+def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, projector_lr: float | None,
+                     vision_lr: float | None = None):
+    """One group per (part, decays?) pair that has trainable parameters; the parts are the projector (at projector_lr),
+    the vision tower (at vision_lr) and the LLM (at learning_rate), each at learning_rate when its rate is None."""
+    rates = {PROJECTOR_PREFIX: projector_lr, VISION_PREFIX: vision_lr}
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_projector, decays = name.startswith(PROJECTOR_PREFIX), p.ndim >= 2
-        key = (is_projector, decays)
+        part = next((prefix for prefix in rates if name.startswith(prefix)), "llm.")
+        decays = p.ndim >= 2
+        key = (part, decays)
         if key not in groups:
             groups[key] = {
-                "params": [], "names": [],
-                "lr": projector_lr if is_projector and projector_lr is not None else learning_rate,
+                "params": [], "names": [], "part": part.rstrip("."),
+                "lr": learning_rate if rates.get(part) is None else rates[part],
                 "weight_decay": weight_decay if decays else 0.0,
             }
         groups[key]["params"].append(p)
@@ -126,9 +130,9 @@ class VLMTrainer(Trainer):
         if self.optimizer is None:
             opt_model = model if model is not None else self.model
             groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay,
-                                      self.args.feature_proj_lr)
+                                      self.args.feature_proj_lr, self.args.vision_lr)
             for group in groups:
-                group.pop("names")
+                group.pop("names"), group.pop("part")
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             optimizer_kwargs.pop("lr", None)  # each group carries its own
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
@@ -266,7 +270,7 @@ class VLMTrainer(Trainer):
         saved = [p for n, p in model.named_parameters()
                  if p.requires_grad or n.startswith(PROJECTOR_PREFIX)
                  or (cfg.llm_mode == "full" and n.startswith("llm."))
-                 or (cfg.vision_mode == "full" and n.startswith("vision_tower."))]
+                 or (cfg.vision_mode == "full" and n.startswith(VISION_PREFIX))]
         with gathered(saved):  # ZeRO-3: every process holds a shard of each weight; save the whole ones
             if self.args.should_save:
                 save_checkpoint(model, output_dir)

@@ -45,6 +45,8 @@ def prefix_tokens(config) -> int:
 def processed_size(processor, config) -> int:
     """The side, in pixels, of the images the tower sees: its processor's crop (or resize) size. DINOv2's 518 px
     position grid is interpolated to the 224 px crop its processor makes, so the config's image_size is not it."""
+    if processor is None:
+        return config.image_size
     crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
     size = crop or processor.size
     side = size.get("height") or size.get("shortest_edge")

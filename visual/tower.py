@@ -60,6 +60,47 @@ class VisionTower(nn.Module):
         self.train(trainable)
         return self
 
+    def lora_targets(self) -> list[str]:
+        """The Linear layers LoRA adapts in the tower (--vision_mode lora): every one but a pooling head's."""
+        return [name for name, m in self.named_modules() if isinstance(m, nn.Linear) and "head" not in name.split(".")]
+
+    def add_lora(self, config) -> "VisionTower":
+        """LoRA adapters (peft, `config` a LoraConfig without targets) in place on lora_targets(); only they train.
+        The module keeps its class and forward, so nothing else changes."""
+        from dataclasses import replace
+
+        from peft import inject_adapter_in_model
+
+        self.requires_grad_(False)
+        inject_adapter_in_model(replace(config, target_modules=self.lora_targets()), self)
+        for name, p in self.named_parameters():
+            if "lora_" in name:  # trained weights stay fp32 under a half-precision tower, as the LLM's LoRA does
+                p.data = p.data.float()
+        self.train(True)
+        return self
+
+    def lora_state_dict(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if "lora_" in k}
+
+    def merge_lora(self) -> "VisionTower":
+        """Folds the adapters into the weights they adapt and restores plain Linear layers (export, a new stage)."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                owner, _, leaf = name.rpartition(".")
+                setattr(self.get_submodule(owner), leaf, module.get_base_layer())
+        return self
+
+    def activation_checkpointing_enable(self, kwargs: dict):
+        """Recomputes the tower's blocks in the backward pass, where its family supports it (transformers towers)."""
+        model = getattr(self, "vision_model", None)
+        if model is None or not getattr(model, "supports_gradient_checkpointing", False):
+            return False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return True
+
     def train(self, mode: bool = True):
         # A frozen encoder stays in eval mode (no dropout) even when the VLM around it trains.
         return super().train(mode and not self.frozen)
