@@ -82,8 +82,8 @@ class VLMDataset(Dataset):
         return [{"role": m["role"], "content": one(m)} for m in conversations]
 
     def sizes_matter(self) -> bool:
-        """Whether an image's token count depends on its size (anyres)."""
-        return self.processor.images.aspect == "anyres"
+        """Whether an image's token count depends on its size (anyres, native)."""
+        return self.processor.images.variable
 
     def token_length(self, index: int) -> int:
         """The sample's exact token count, image tokens included, before truncation (with caption alternatives,

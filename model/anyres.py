@@ -20,7 +20,8 @@ import torch
 from transformers import LlavaImageProcessor, LlavaNextImageProcessor
 from transformers.image_processing_utils import select_best_resolution
 
-from .layouts import ASPECT_RATIOS
+from .layouts import ASPECT_RATIOS, VARIABLE
+from .native import native_grid
 
 
 def grid_shape(image_size, pinpoints: list[list[int]], tile: int) -> tuple[int, int]:
@@ -85,7 +86,12 @@ class ImageInputs:
             raise ValueError(f"--image_aspect_ratio must be one of {ASPECT_RATIOS}, not {aspect!r}")
         self.aspect, self.base = aspect, num_image_tokens
         self.tower_processor = tower_processor
+        self.variable = aspect in VARIABLE
         if aspect == "square":
+            return
+        if aspect == "native":  # the tower's own NaFlex processor, within num_image_tokens patches (native.py)
+            self.processor = tower_processor.processor
+            self.patch_size = self.processor.patch_size
             return
         s = processor_settings(tower_processor)
         self.tile, self.pinpoints = s["tile"], pinpoints
@@ -102,6 +108,9 @@ class ImageInputs:
 
     def tokens(self, image_size) -> int:
         """Image tokens of an image of (height, width)."""
+        if self.aspect == "native":
+            rows, columns = native_grid(image_size, self.patch_size, self.base)
+            return rows * columns
         if self.aspect != "anyres":
             return self.base
         return anyres_tokens(image_size, self.pinpoints, self.tile, self.side, self.base)
@@ -112,6 +121,9 @@ class ImageInputs:
             return self.tower_processor(images), sizes
         if self.aspect == "pad":
             return self.processor(images=list(images), return_tensors="pt")["pixel_values"].float(), sizes
+        if self.aspect == "native":  # (n, num_image_tokens, 3 * patch²): patches, padded to the same count
+            return self.processor(images=list(images), max_num_patches=self.base,
+                                  return_tensors="pt")["pixel_values"].float(), sizes
         # anyres: each image's tiles, base view first, then the next image's: (sum of tiles, 3, tile, tile)
         tiles = [self.processor(images=[image], return_tensors="pt")["pixel_values"][0] for image in images]
         return torch.cat(tiles).float(), sizes

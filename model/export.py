@@ -44,9 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def llava_problems(vision: str, projector_type: str, post_layernorm: bool) -> list[str]:
+def llava_problems(vision: str, projector_type: str, post_layernorm: bool, aspect: str = "square") -> list[str]:
     """Why a VLM cannot become a Llava checkpoint, from its config alone (before any weight loads)."""
     problems = []
+    if aspect == "native":
+        problems.append("its images keep their own aspect ratio in a SigLIP2 NaFlex tower (--image_aspect_ratio "
+                        "native), and Llava and LlavaNext feed their towers fixed-size images, so no Llava format vLLM "
+                        "serves holds it; test.py, eval.py, the web UI and lmms-eval --model vlm serve it as trained")
     if is_open_clip(vision):
         problems.append(f"its vision tower is open_clip ({vision}), not a transformers CLIP/SigLIP model: train with "
                         f"a CLIP/SigLIP hub id or folder as --base_vision_model ({DEMO_HINT})")
@@ -72,7 +76,7 @@ def preflight(argv=None) -> None:
         with open(config, encoding="utf-8") as f:
             saved = json.load(f)
         problems = llava_problems(args.base_vision_model or saved["vision"], saved.get("projector_type", "mlp2x_gelu"),
-                                  saved.get("post_layernorm", False))
+                                  saved.get("post_layernorm", False), saved.get("image_aspect_ratio", "square"))
         if problems:
             raise ValueError(f"cannot export {args.checkpoint} to Llava: " + "; ".join(problems))
 
@@ -185,7 +189,7 @@ def to_llava_model(model: VisionLanguageModel):
     """LlavaForConditionalGeneration (LlavaNextForConditionalGeneration for anyres) with our weights, and the
     transformers tokenizer that goes with it."""
     cfg = model.config
-    problems = llava_problems(cfg.vision, cfg.projector_type, cfg.post_layernorm)
+    problems = llava_problems(cfg.vision, cfg.projector_type, cfg.post_layernorm, cfg.image_aspect_ratio)
     if not problems and not isinstance(model.vision_tower, HFVisionTower):
         problems.append("the vision tower is not a transformers CLIP/SigLIP model")
     if problems:

@@ -11,7 +11,8 @@ command lines read them). The layouts themselves are in anyres.py.
 import ast
 import re
 
-ASPECT_RATIOS = ("square", "pad", "anyres")
+ASPECT_RATIOS = ("square", "pad", "anyres", "native")
+VARIABLE = ("anyres", "native")  # the layouts whose image-token count depends on each image's size
 TILES = re.compile(r"\((\d+)\s*x\s*(\d+)\)")
 
 

@@ -27,6 +27,7 @@ from .decoding import DECODING_MODES, StaticDecoder
 from .lora_targets import default_lora_targets
 from .loss import causal_lm_loss, token_log_probs
 from .loss import resolve as resolve_loss
+from .native import spatial_shapes
 from .pixel_shuffle import shuffled_tokens
 from .processor import VLMProcessor
 from .projector import build_projector
@@ -110,6 +111,15 @@ class VisionLanguageModel(nn.Module):
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
         config.num_image_tokens = tower.num_patches if config.projector_type != "pixel_shuffle_mlp" else \
             shuffled_tokens(tower.num_patches, config.pixel_shuffle)
+        if (config.image_aspect_ratio == "native") != tower.native:
+            raise ValueError("--image_aspect_ratio native needs a tower that takes variable patch counts (SigLIP2 "
+                             "NaFlex), and such a tower needs it" if tower.native else
+                             f"--image_aspect_ratio native needs a tower that takes variable patch counts (SigLIP2 "
+                             f"NaFlex), not {config.vision}")
+        if config.image_aspect_ratio == "native":  # the most patches an image may take
+            if config.projector_type == "pixel_shuffle_mlp":
+                raise ValueError("pixel shuffle needs a square feature grid, which native images do not have")
+            config.num_image_tokens = config.max_image_tokens or tower.num_patches
         config.resolve_image_layout(tower.image_size)
         config.vision_hidden_size = tower.hidden_size
         config.llm_hidden_size = llm.config.get_text_config().hidden_size
@@ -175,9 +185,15 @@ class VisionLanguageModel(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
         """(tiles, 3, H, W) -> the features of every image token, in order (sum of tokens, D_llm): N per image, or with
-        anyres each image's base view and its unpadded tile grid with a newline per row (anyres.py)."""
-        features = self.vision_tower(pixel_values)  # (tiles, N, D_vision)
+        anyres each image's base view and its unpadded tile grid with a newline per row (anyres.py), or with native
+        each image's own patch grid (native.py; pixel_values are then (images, max patches, 3 * patch²))."""
         projector_dtype = next(self.projector.parameters()).dtype
+        if self.config.image_aspect_ratio == "native":
+            shapes = spatial_shapes(image_sizes.tolist(), self.image_inputs.patch_size, self.config.num_image_tokens)
+            features = self.vision_tower(pixel_values, spatial_shapes=shapes)  # (images, max patches, D_vision)
+            valid = torch.cat([f[:n] for f, n in zip(features, shapes.prod(-1).tolist(), strict=True)])
+            return self.projector(valid[None].to(projector_dtype))[0]  # (sum of tokens, D_llm)
+        features = self.vision_tower(pixel_values)  # (tiles, N, D_vision)
         features = self.projector(features.to(projector_dtype))  # (tiles, N, D_llm)
         if self.config.image_aspect_ratio != "anyres":
             return features.flatten(0, 1)
@@ -195,15 +211,16 @@ class VisionLanguageModel(nn.Module):
         n_tokens = int(image_mask.sum())
         if pixel_values is None:
             n_images, n_features = 0, 0
-        elif self.config.image_aspect_ratio == "anyres":
+        elif self.image_inputs.variable:
             if image_sizes is None:
-                raise ValueError("anyres needs the images' sizes (image_sizes) beside their pixel values")
+                raise ValueError(f"{self.config.image_aspect_ratio} needs the images' sizes (image_sizes) beside their "
+                                 "pixel values")
             n_images = len(image_sizes)
             n_features = sum(self.image_inputs.tokens(tuple(s)) for s in image_sizes.tolist())
         else:
             n_images, n_features = pixel_values.shape[0], pixel_values.shape[0] * self.config.num_image_tokens
         if n_tokens != n_features:
-            per_image = "at their own sizes" if self.config.image_aspect_ratio == "anyres" else \
+            per_image = "at their own sizes" if self.image_inputs.variable else \
                 f"x {self.config.num_image_tokens}"
             raise ValueError(f"the batch holds {n_tokens} image tokens but {n_features} image features "
                              f"({n_images} images {per_image})")

@@ -45,7 +45,7 @@ class VLMProcessor:
 
     def image_counts(self, n_images: int, image_sizes: list | None = None) -> list[int]:
         """The image tokens of each of a text's n_images images."""
-        if self.images.aspect != "anyres":
+        if not self.images.variable:
             return [self.num_image_tokens] * n_images
         if image_sizes is None or len(image_sizes) != n_images:
             given = 0 if image_sizes is None else len(image_sizes)

@@ -37,7 +37,8 @@ def new_tokens(model, mode, conversations, **kwargs):
     model.set_decoding(mode)
     prompts = [model.processor.render(m, add_generation_prompt=True) for m, _ in conversations]
     batch = model.processor(prompts, [imgs for _, imgs in conversations], padding_side="left")
-    out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **kwargs)
+    out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                         image_sizes=batch["image_sizes"], **kwargs)
     model.set_decoding("eager")
     return out
 

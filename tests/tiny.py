@@ -215,3 +215,15 @@ def save_tiny_tower(folder, family: str) -> str:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+def save_tiny_siglip2(folder, max_num_patches: int = 16) -> str:
+    """A SigLIP2 NaFlex vision tower (patch 8, up to `max_num_patches` patches an image at its own aspect ratio, a
+    4 x 4 position grid interpolated to each image's) with its processor."""
+    import torch
+    from transformers import Siglip2ImageProcessor, Siglip2VisionConfig, Siglip2VisionModel
+
+    torch.manual_seed(0)
+    Siglip2VisionModel(Siglip2VisionConfig(**TINY_VIT, num_patches=16)).save_pretrained(folder)
+    Siglip2ImageProcessor(patch_size=8, max_num_patches=max_num_patches).save_pretrained(folder)
+    return str(folder)

@@ -36,12 +36,14 @@ class ModelArguments:
         "help": "pixel_shuffle_mlp: the factor (2 or 3); a grid it does not divide is zero-padded bottom and right"})
     image_aspect_ratio: str = field(default="square", metadata={
         "help": "square (the tower's resize and crop) | pad (LLaVA-1.5: padded to a square with the mean colour) | "
-                "anyres (LLaVA-NeXT: tiles of the best-fitting grid plus a base view, docs/models.md)"})
+                "anyres (LLaVA-NeXT: tiles of the best-fitting grid plus a base view, docs/models.md) | native "
+                "(SigLIP2 NaFlex: the image at its own aspect ratio, up to --max_image_tokens patches)"})
     image_grid_pinpoints: str | None = field(default=None, metadata={
         "help": "anyres: the grids, HxW in pixels, comma-separated (default: LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1 and 1x3 "
                 "tiles of the tower's size)"})
     max_image_tokens: int | None = field(default=None, metadata={
-        "help": "anyres: leave out the grids whose images could take more image tokens than this"})
+        "help": "anyres: leave out the grids whose images could take more image tokens than this; native: the most "
+                "patches an image takes (default: the tower processor's max_num_patches)"})
     image_token: str = field(default="<image>", metadata={"help": "added for LLMs without <|extra_0|>"})
     vision_mode: str = field(default="frozen", metadata={
         "help": "frozen | lora (LoRA on the tower's Linear layers, at --lora_rank and --lora_alpha) | full"})

@@ -5,6 +5,8 @@ Prefix tokens, which `--select_feature patch` drops: CLIP and DINOv2 have a CLS 
 DINOv3 a CLS token and register tokens, SigLIP and AIMv2 none.
 """
 
+import math
+
 import torch
 from torch import nn
 from transformers import (
@@ -15,6 +17,7 @@ from transformers import (
     Dinov2Model,
     Dinov2WithRegistersModel,
     DINOv3ViTModel,
+    Siglip2VisionModel,
     SiglipVisionModel,
 )
 
@@ -29,6 +32,8 @@ FAMILIES = {
     "dinov2": Dinov2Model,
     "dinov2_with_registers": Dinov2WithRegistersModel,
     "dinov3_vit": DINOv3ViTModel,
+    "siglip2": Siglip2VisionModel,  # NaFlex: variable patch counts (--image_aspect_ratio native)
+    "siglip2_vision_model": Siglip2VisionModel,
     "aimv2": Aimv2VisionModel,
     "aimv2_vision_model": Aimv2VisionModel,
 }
@@ -37,7 +42,7 @@ FINAL_NORMS = ("post_layernorm", "layernorm", "norm", "rms_norm")  # the encoder
 
 def prefix_tokens(config) -> int:
     """Tokens before the patch grid in the hidden states: CLS and register tokens."""
-    if config.model_type in ("siglip_vision_model", "aimv2_vision_model"):
+    if config.model_type in ("siglip_vision_model", "siglip2_vision_model", "aimv2_vision_model"):
         return 0
     return 1 + getattr(config, "num_register_tokens", 0)
 
@@ -51,6 +56,12 @@ def processed_size(processor, config) -> int:
     size = crop or processor.size
     side = size.get("height") or size.get("shortest_edge")
     return side or config.image_size
+
+
+def patch_mask(spatial_shapes: torch.Tensor, max_patches: int) -> torch.Tensor:
+    """(images, max_patches): 1 on each image's own patches (rows x columns of spatial_shapes), which come first, 0 on
+    the padding after them: Siglip2VisionModel's pixel_attention_mask, as its processor makes it."""
+    return (torch.arange(max_patches)[None] < spatial_shapes.prod(-1)[:, None]).long()
 
 
 class HFImageProcessor:
@@ -71,6 +82,11 @@ class HFVisionTower(VisionTower):
         config = vision_model.config
         self.prefix_tokens = prefix_tokens(config)
         self.hidden_size = config.hidden_size
+        self.native = config.model_type == "siglip2_vision_model"
+        if self.native:  # the most patches an image takes, by default its processor's (model/native.py)
+            self.num_patches = getattr(image_processor, "max_num_patches", None) or config.num_patches
+            self.image_size = config.patch_size * math.isqrt(self.num_patches)  # a square image's side
+            return
         self.image_size = processed_size(image_processor, config)
         self.num_patches = selection.num_tokens((self.image_size // config.patch_size) ** 2, self.prefix_tokens)
 
@@ -87,8 +103,12 @@ class HFVisionTower(VisionTower):
         vision_model = model_class.from_pretrained(name, config=vision_config, dtype=dtype)
         return cls(vision_model, AutoImageProcessor.from_pretrained(name), selection)
 
-    def tokens(self, pixel_values):
-        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    def tokens(self, pixel_values, spatial_shapes=None):
+        native = {}
+        if self.native:  # (images, max patches, 3 * patch²), each image's patches first, then padding
+            native = {"spatial_shapes": spatial_shapes,
+                      "pixel_attention_mask": patch_mask(spatial_shapes, pixel_values.shape[1]).to(pixel_values.device)}
+        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=True, **native)
         hidden = out.hidden_states[self.selection.select_layer]  # (B, prefix + grid, D)
         if self.selection.post_layernorm:
             inner = getattr(self.vision_model, "vision_model", self.vision_model)  # nested in older transformers

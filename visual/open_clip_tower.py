@@ -96,7 +96,7 @@ class OpenCLIPVisionTower(VisionTower):
         preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
         return cls(model.visual, model_cfg, preprocess_cfg, selection)  # the text tower is dropped here
 
-    def tokens(self, pixel_values):
+    def tokens(self, pixel_values, **kwargs):
         layer = self.selection.select_layer
         if isinstance(self.visual, ModifiedResNet):
             out = self.visual.forward_intermediates(pixel_values, indices=[5 + layer], stop_early=True,

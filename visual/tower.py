@@ -109,12 +109,16 @@ class VisionTower(nn.Module):
     def dtype(self):
         return next(self.parameters()).dtype
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    native = False  # True for towers that take variable patch counts (SigLIP2 NaFlex: --image_aspect_ratio native)
+
+    def forward(self, pixel_values: torch.Tensor, spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        """spatial_shapes: each image's patch grid (rows, columns), for a native tower (model/native.py)."""
+        kwargs = {} if spatial_shapes is None else {"spatial_shapes": spatial_shapes}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            tokens = self.tokens(pixel_values.to(self.dtype))  # (B, prefix + grid, D)
+            tokens = self.tokens(pixel_values.to(self.dtype), **kwargs)  # (B, prefix + grid, D)
             return self.selection.take(tokens, self.prefix_tokens)  # (B, N, D)
 
-    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         raise NotImplementedError
 
     def save_pretrained(self, folder: str, state_dict: dict | None = None):
