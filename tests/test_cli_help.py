@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "bench/data_pipeline.py": ["bench/data_pipeline.py"], "bench/gpu_train.py": ["bench/gpu_train.py"],
     "bench/gpu_generate.py": ["bench/gpu_generate.py"], "bench/cpu_anyres.py": ["bench/cpu_anyres.py"],
     "bench/memory_estimate.py": ["bench/memory_estimate.py"], "bench/cpu_grpo.py": ["bench/cpu_grpo.py"],
+    "bench/cpu_image_tokens.py": ["bench/cpu_image_tokens.py"],
     "scripts/check_vllm.py": ["scripts/check_vllm.py"],
     "sh scripts/gpu_check.sh": ["sh", "scripts/gpu_check.sh"],
     "sh scripts/check_vllm.sh": ["sh", "scripts/check_vllm.sh"],
