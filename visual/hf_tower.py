@@ -61,7 +61,7 @@ def processed_size(processor, config) -> int:
 def patch_mask(spatial_shapes: torch.Tensor, max_patches: int) -> torch.Tensor:
     """(images, max_patches): 1 on each image's own patches (rows x columns of spatial_shapes), which come first, 0 on
     the padding after them: Siglip2VisionModel's pixel_attention_mask, as its processor makes it."""
-    return (torch.arange(max_patches)[None] < spatial_shapes.prod(-1)[:, None]).long()
+    return (torch.arange(max_patches, device=spatial_shapes.device)[None] < spatial_shapes.prod(-1)[:, None]).long()
 
 
 class HFImageProcessor:
@@ -106,8 +106,9 @@ class HFVisionTower(VisionTower):
     def tokens(self, pixel_values, spatial_shapes=None):
         native = {}
         if self.native:  # (images, max patches, 3 * patch²), each image's patches first, then padding
+            spatial_shapes = spatial_shapes.to(pixel_values.device)
             native = {"spatial_shapes": spatial_shapes,
-                      "pixel_attention_mask": patch_mask(spatial_shapes, pixel_values.shape[1]).to(pixel_values.device)}
+                      "pixel_attention_mask": patch_mask(spatial_shapes, pixel_values.shape[1])}
         out = self.vision_model(pixel_values=pixel_values, output_hidden_states=True, **native)
         hidden = out.hidden_states[self.selection.select_layer]  # (B, prefix + grid, D)
         if self.selection.post_layernorm:
