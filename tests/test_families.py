@@ -69,6 +69,10 @@ def test_packed_rows_give_each_sample_its_own_logits(bases, llm, tower):
     samples = items(model)
     if llm in ("gemma3_text", "mistral"):  # the 6-token window is inside every sample: packing meets it
         assert min(len(s["input_ids"]) for s in samples) > 2 * model.llm.config.sliding_window
+        windowed = alone(model, samples[0])
+        model.llm.config.sliding_window = 10_000  # the window really shapes the logits this test compares
+        assert (alone(model, samples[0]) - windowed).abs().max().item() > 1e-3
+        model.llm.config.sliding_window = 6
     packed = packed_logits(model, [samples[:2], samples[2:]])
     diff = max((p - alone(model, s)).abs().max().item() for p, s in zip(packed, samples, strict=True))
     assert diff <= TOLERANCE, diff

@@ -98,7 +98,10 @@ class VisionTower(nn.Module):
         model = getattr(self, "vision_model", None)
         if model is None or not getattr(model, "supports_gradient_checkpointing", False):
             return False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers before the rename
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         return True
 
     def train(self, mode: bool = True):
