@@ -14,6 +14,7 @@ from transformers import LlavaForConditionalGeneration
 
 import train
 from model import VisionLanguageModel, VLMConfig, load_checkpoint
+from model.checkpoint import load_starting_point
 from model.export import export
 from training.trainer import parameter_groups
 
@@ -97,6 +98,9 @@ def test_vision_lora_trains_resumes_merges_and_exports(tmp_path):
     merged = load_checkpoint(str(tmp_path / "merged"))
     assert not merged.vision_tower.lora_state_dict()
     llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    start = load_starting_point(str(straight), VLMConfig(llm="", vision="", llm_mode="frozen")).eval()
+    assert not start.vision_tower.lora_state_dict() and start.config.init_from  # merged, and recorded to reload
     with torch.no_grad():
         assert (merged(**inputs).logits - ours).abs().max().item() < 1e-5
         assert (llava(**inputs).logits - ours).abs().max().item() < 1e-5
+        assert (start(**inputs).logits - ours).abs().max().item() < 1e-5  # --init_from: the next stage's start
