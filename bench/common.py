@@ -1,11 +1,14 @@
 """Shared pieces of the benchmarks: one VLM built twice (ours and transformers' Llava) with identical
 weights, realistic text lengths, timing and memory helpers."""
 
+import gc
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -19,6 +22,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from common import IMAGE_MARKER
 from demo.bases import byte_level_tokenizer
 from model import VisionLanguageModel, VLMConfig, save_checkpoint
 from model.export import export
@@ -125,3 +129,37 @@ def tmpdir() -> str:
 
 def emit(result: dict):
     print(json.dumps(result))
+
+
+def in_own_process(script: str, *argv: str) -> dict:
+    """Runs `python script argv...` and returns the result it emitted last: a variant measured in a process of its
+    own, so its peak RSS is its own."""
+    out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def image_batch(model, images: list) -> dict:
+    """One sample per image: the image and 40 text tokens asked, 24 answered (labels on the answer and the template's
+    tokens, none on the image), right-padded by our processor."""
+    text = model.processor.render([{"role": "user", "content": IMAGE_MARKER + "x" * 40},
+                                   {"role": "assistant", "content": "y" * 24}])
+    batch = model.processor([text] * len(images), [[image] for image in images], padding_side="right")
+    batch["labels"] = batch["input_ids"].masked_fill(batch["input_ids"] == model.image_token_id, -100)
+    return batch
+
+
+def adamw_step_stats(model, batch: dict, steps: int) -> dict:
+    """Median time of forward, backward and an AdamW step on `batch` (after one warm-up step), and the peak RSS
+    during the steps."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    gc.collect()
+    reset_peak_rss()
+    seconds = median_time(step, steps, warmup=1)
+    return {"step_ms": seconds * 1000, "peak_rss_mb": peak_rss_mb()}

@@ -11,9 +11,7 @@ median step time and the peak resident memory during the steps.
 
 import argparse
 import gc
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -29,8 +27,7 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
 )
 
-from bench.common import emit, machine, median_time, peak_rss_mb, reset_peak_rss, table, tmpdir  # noqa: E402
-from common import IMAGE_MARKER  # noqa: E402
+from bench.common import adamw_step_stats, emit, image_batch, in_own_process, machine, table, tmpdir  # noqa: E402
 from demo.bases import byte_level_tokenizer  # noqa: E402
 from model import VisionLanguageModel, VLMConfig, save_checkpoint  # noqa: E402
 from model.export import export  # noqa: E402
@@ -57,22 +54,17 @@ def build(root: str, aspect: str, vocab: int) -> VisionLanguageModel:
     return VisionLanguageModel.build(config).apply_trainable_modes()
 
 
-def sample_batch(model, grid: str) -> dict:
+def sample_images(grid: str) -> list:
     g = torch.Generator().manual_seed(0)
     height, width = GRIDS[grid]
-    images = [Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
-              for _ in range(2)]
-    text = model.processor.render([{"role": "user", "content": IMAGE_MARKER + "x" * 40},
-                                   {"role": "assistant", "content": "y" * 24}])
-    batch = model.processor([text, text], [[images[0]], [images[1]]], padding_side="right")
-    batch["labels"] = batch["input_ids"].masked_fill(batch["input_ids"] == model.image_token_id, -100)
-    return batch
+    return [Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
+            for _ in range(2)]
 
 
 def run(grid: str, variant: str, steps: int, vocab: int) -> dict:
     root = tmpdir()
     model = build(root, "square" if variant == "square" else "anyres", vocab)
-    batch = sample_batch(model, grid)
+    batch = image_batch(model, sample_images(grid))
     tokens_per_image = int((batch["input_ids"][0] == model.image_token_id).sum())
     if variant == "llava_next":
         save_checkpoint(model, os.path.join(root, "ours"))
@@ -83,26 +75,13 @@ def run(grid: str, variant: str, steps: int, vocab: int) -> dict:
         model.model.vision_tower.requires_grad_(False)
         tiles = batch["pixel_values"].shape[0] // 2
         batch["pixel_values"] = batch["pixel_values"].view(2, tiles, *batch["pixel_values"].shape[1:])
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step():
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    gc.collect()
-    reset_peak_rss()
-    seconds = median_time(step, steps, warmup=1)
-    return {"step_ms": seconds * 1000, "peak_rss_mb": peak_rss_mb(), "tokens_per_image": tokens_per_image,
+    return {**adamw_step_stats(model, batch, steps), "tokens_per_image": tokens_per_image,
             "tiles_per_image": int(batch["pixel_values"].shape[-4] if variant == "llava_next" else
                                    batch["pixel_values"].shape[0] // 2)}
 
 
 def in_process(grid: str, variant: str, steps: int, vocab: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--only", f"{grid}:{variant}", "--steps", str(steps),
-                          "--vocab", str(vocab)], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return in_own_process(__file__, "--only", f"{grid}:{variant}", "--steps", str(steps), "--vocab", str(vocab))
 
 
 def main():

@@ -11,10 +11,7 @@ memory during the steps.
 """
 
 import argparse
-import gc
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -32,8 +29,7 @@ from transformers import (  # noqa: E402
     SiglipVisionModel,
 )
 
-from bench.common import emit, machine, median_time, peak_rss_mb, reset_peak_rss, table, tmpdir  # noqa: E402
-from common import IMAGE_MARKER  # noqa: E402
+from bench.common import adamw_step_stats, emit, image_batch, in_own_process, machine, table, tmpdir  # noqa: E402
 from demo.bases import byte_level_tokenizer  # noqa: E402
 from model import VisionLanguageModel, VLMConfig  # noqa: E402
 
@@ -90,29 +86,14 @@ def run(variant: str, shape: str, steps: int, vocab: int, budget: int | None) ->
     g = torch.Generator().manual_seed(0)
     images = [Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
               for _ in range(2)]
-    text = model.processor.render([{"role": "user", "content": IMAGE_MARKER + "x" * 40},
-                                   {"role": "assistant", "content": "y" * 24}])
-    batch = model.processor([text, text], [[images[0]], [images[1]]], padding_side="right")
-    batch["labels"] = batch["input_ids"].masked_fill(batch["input_ids"] == model.image_token_id, -100)
+    batch = image_batch(model, images)
     tokens = int((batch["input_ids"][0] == model.image_token_id).sum())
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step():
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    gc.collect()
-    reset_peak_rss()
-    seconds = median_time(step, steps, warmup=1)
-    return {"step_ms": seconds * 1000, "peak_rss_mb": peak_rss_mb(), "tokens_per_image": tokens}
+    return {**adamw_step_stats(model, batch, steps), "tokens_per_image": tokens}
 
 
 def in_process(variant: str, shape: str, steps: int, vocab: int, budget: int | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--only", f"{variant}:{shape}:{budget or 0}", "--steps", str(steps),
-           "--vocab", str(vocab)]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    return in_own_process(__file__, "--only", f"{variant}:{shape}:{budget or 0}", "--steps", str(steps),
+                          "--vocab", str(vocab))
 
 
 def cell(r: dict) -> str:

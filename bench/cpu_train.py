@@ -14,10 +14,8 @@ batch-size flag: samples/s, tokens/s and the padding fraction of each.
 
 import argparse
 import gc
-import json
 import os
 import random
-import subprocess
 import sys
 import time
 
@@ -31,6 +29,7 @@ from bench.common import (  # noqa: E402
     batch,
     build_pair,
     emit,
+    in_own_process,
     machine,
     median_time,
     peak_rss_mb,
@@ -85,9 +84,7 @@ def run_variant(name: str, steps: int, vocab: int) -> dict:
 
 
 def in_process(name: str, steps: int, vocab: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--only", name, "--steps", str(steps), "--vocab", str(vocab)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return in_own_process(__file__, "--only", name, "--steps", str(steps), "--vocab", str(vocab))
 
 
 def padding_fraction(batches: list[list[int]], n_image: int) -> float:
