@@ -75,11 +75,8 @@ def save_checkpoint(model: VisionLanguageModel, folder: str, state_dict: dict | 
 def load_vision_adapter(model: VisionLanguageModel, folder: str):
     """--vision_mode lora: the tower's adapters, added where missing, and their weights from `folder`."""
     require(folder, VISION_ADAPTER)
-    tower, cfg = model.vision_tower, model.config
-    if not tower.lora_state_dict():
-        from peft import LoraConfig
-
-        tower.add_lora(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout))
+    model.add_vision_lora()
+    tower = model.vision_tower
     state = load_file(os.path.join(folder, VISION_ADAPTER))
     result = tower.load_state_dict(state, strict=False)
     if result.unexpected_keys or set(tower.lora_state_dict()) != set(state):

@@ -109,17 +109,18 @@ class VisionLanguageModel(nn.Module):
                 llm.to(device)
             tower.to(device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
-        config.num_image_tokens = tower.num_patches if config.projector_type != "pixel_shuffle_mlp" else \
-            shuffled_tokens(tower.num_patches, config.pixel_shuffle)
-        if (config.image_aspect_ratio == "native") != tower.native:
-            raise ValueError("--image_aspect_ratio native needs a tower that takes variable patch counts (SigLIP2 "
-                             "NaFlex), and such a tower needs it" if tower.native else
-                             f"--image_aspect_ratio native needs a tower that takes variable patch counts (SigLIP2 "
-                             f"NaFlex), not {config.vision}")
-        if config.image_aspect_ratio == "native":  # the most patches an image may take
-            if config.projector_type == "pixel_shuffle_mlp":
-                raise ValueError("pixel shuffle needs a square feature grid, which native images do not have")
+        native = config.image_aspect_ratio == "native"
+        if native != tower.native:
+            raise ValueError(f"--image_aspect_ratio native needs a tower that takes variable patch counts (SigLIP2 "
+                             f"NaFlex), {'and such a tower needs it' if tower.native else f'not {config.vision}'}")
+        if native and config.projector_type == "pixel_shuffle_mlp":
+            raise ValueError("pixel shuffle needs a square feature grid, which native images do not have")
+        if native:  # the most patches an image may take
             config.num_image_tokens = config.max_image_tokens or tower.num_patches
+        elif config.projector_type == "pixel_shuffle_mlp":
+            config.num_image_tokens = shuffled_tokens(tower.num_patches, config.pixel_shuffle)
+        else:
+            config.num_image_tokens = tower.num_patches
         config.resolve_image_layout(tower.image_size)
         config.vision_hidden_size = tower.hidden_size
         config.llm_hidden_size = llm.config.get_text_config().hidden_size
@@ -133,9 +134,7 @@ class VisionLanguageModel(nn.Module):
         requires_grad=False, so they receive no gradient and no optimizer state."""
         cfg = self.config
         if cfg.vision_mode == "lora":
-            if not self.vision_tower.lora_state_dict():
-                self.vision_tower.add_lora(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=cfg.lora_dropout))
+            self.add_vision_lora()
         else:
             self.vision_tower.set_trainable(cfg.vision_mode == "full")
         self.projector.requires_grad_(cfg.projector_mode == "train")
@@ -154,6 +153,13 @@ class VisionLanguageModel(nn.Module):
         elif cfg.llm_mode not in LORA_MODES:
             self.llm.requires_grad_(cfg.llm_mode == "full")
         return self
+
+    def add_vision_lora(self):
+        """--vision_mode lora: the tower's adapters at the LLM's LoRA rank, alpha and dropout, unless it has them."""
+        if not self.vision_tower.lora_state_dict():
+            cfg = self.config
+            self.vision_tower.add_lora(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                  lora_dropout=cfg.lora_dropout))
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
         """Recomputes the LLM's blocks in the backward pass (the Trainer calls this): every block, or every
