@@ -10,6 +10,10 @@ import io
 MEMBER = "tar-member:"
 
 
+class MarkerMismatch(ValueError):
+    """A sample's image marker stands where its file is a video, or its video marker where the file is an image."""
+
+
 def image_ref(entry: dict) -> str:
     """The reference of an image_map.json entry."""
     if "offset" in entry:
@@ -36,3 +40,10 @@ def open_source(ref: str):
     if len(data) != entry["size"]:
         raise OSError(f"the shard ends {entry['size'] - len(data)} bytes into this member")
     return io.BytesIO(data)
+
+
+def size_rows(rows: list) -> list[tuple]:
+    """Image-size rows made one width for a tensor: (height, width) of images, (height, width, frames) of videos; when
+    any row has frames, the images' rows get 0 (model/anyres.py's ImageInputs reads them)."""
+    width = max((len(row) for row in rows), default=2)
+    return [tuple(row) + (0,) * (width - len(row)) for row in rows]

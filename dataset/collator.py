@@ -3,6 +3,8 @@ Images of all samples are concatenated in order, the order their image tokens ha
 
 import torch
 
+from common.images import size_rows
+
 from .conversation import IGNORE_INDEX
 
 # the keys of a batch that the model takes; the others are the trainer's (reports, the bad-sample count, throughput)
@@ -66,7 +68,8 @@ class VLMCollator:
         sizes = [size for s in samples for size in s.get("image_sizes", [])]
         return {
             "pixel_values": torch.cat(images) if images else None,  # (tiles, 3, H, W): one an image, or anyres's
-            "image_sizes": torch.tensor(sizes) if sizes else None,  # (n_images, 2): height, width
+            # (n, 2): each image's height, width; (n, 3) with videos: their frames, 0 for images
+            "image_sizes": torch.tensor(size_rows(sizes)) if sizes else None,
             # not model inputs: the trainer takes them out (reports, the bad-sample count, throughput)
             "sample_ids": [s["id"] for s in samples],
             "skipped": [record for s in (every or samples) for record in s.get("skipped", [])],

@@ -44,5 +44,5 @@ def encode_conversation(processor, messages: list[dict], image_sizes: list | Non
             continue
         n = ids.index(end) + 1 if end in ids else len(ids)  # the template's newline after it is not learned
         labels += ids[:n] + [IGNORE_INDEX] * (len(ids) - n)
-    image = processor.image_token_id
-    return input_ids, [IGNORE_INDEX if i == image else label for i, label in zip(input_ids, labels, strict=True)]
+    visual = processor.visual_token_ids
+    return input_ids, [IGNORE_INDEX if i in visual else label for i, label in zip(input_ids, labels, strict=True)]

@@ -13,8 +13,10 @@ import random
 import torch
 from torch.utils.data import Dataset
 
+from common.images import MarkerMismatch
 from common.store import open_samples
 from visual import ImageLoadError, image_size, load_image
+from visual.video import is_video, load_video, sample_indices, video_info
 
 from .conversation import IGNORE_INDEX, encode_conversation
 
@@ -81,9 +83,18 @@ class VLMDataset(Dataset):
 
         return [{"role": m["role"], "content": one(m)} for m in conversations]
 
-    def sizes_matter(self) -> bool:
-        """Whether an image's token count depends on its size (anyres, native)."""
-        return self.processor.images.variable
+    def sizes_matter(self, paths: list[str] = ()) -> bool:
+        """Whether the token counts of these visuals depend on their sizes (anyres, native) or frame counts (videos)."""
+        return self.processor.images.variable or any(is_video(path) for path in paths)
+
+    def shape(self, path: str) -> tuple:
+        """(height, width) of an image, (height, width, frames sampled) of a video, from the file's header."""
+        if not is_video(path):
+            return image_size(path)
+        info, videos = video_info(path), self.processor.images.videos
+        if videos is None:
+            raise ImageLoadError(f"{path} is a video, and this model was built without videos")
+        return info.height, info.width, len(sample_indices(info.frames, videos.frames, videos.fps, info.fps))
 
     def token_length(self, index: int) -> int:
         """The sample's exact token count, image tokens included, before truncation (with caption alternatives,
@@ -94,13 +105,14 @@ class VLMDataset(Dataset):
         """token_length of a sample record. With anyres the images' sizes are read from their headers; a file that
         cannot be read counts as no image here, and as a bad sample when it is loaded."""
         sizes = None
-        if self.sizes_matter():
+        if self.sizes_matter(paths):
             sizes = []
             for path in paths:
                 try:
-                    sizes.append(image_size(path))
+                    sizes.append(self.shape(path))
                 except ImageLoadError:
-                    sizes.append((1, 1))
+                    sizes.append((1, 1, 1) if is_video(path) else (1, 1))
+            sizes = self.processor.images.rows(sizes)
         messages = self.pick(sample["conversations"], random.Random(0), longest=True)
         return len(encode_conversation(self.processor, messages, sizes)[0])
 
@@ -108,9 +120,12 @@ class VLMDataset(Dataset):
         """One sample as tensors; BadSample when it cannot be used."""
         sample = self.samples[index]
         pixels, sizes = self.images_of(index)
-        input_ids, labels = encode_conversation(self.processor, self.messages(index, sample), sizes)
+        try:
+            input_ids, labels = encode_conversation(self.processor, self.messages(index, sample), sizes)
+        except MarkerMismatch as e:
+            raise BadSample(str(e)) from None
         if len(input_ids) > self.max_length:
-            if self.processor.image_token_id in input_ids[self.max_length:]:
+            if set(input_ids[self.max_length:]) & self.processor.visual_token_ids:
                 raise BadSample(f"an image block does not fit within max_length {self.max_length}")
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         if all(label == IGNORE_INDEX for label in labels):
@@ -130,18 +145,26 @@ class VLMDataset(Dataset):
         except ImageLoadError as e:
             raise BadSample(str(e)) from None
 
-    def pixels(self, paths: list[str]) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
-        """The images' pixels (tiles, 3, H, W), one after the other, and their (height, width)."""
+    def load(self, path: str):
+        """An image (PIL) or a video's sampled frames (visual/video.py), by the path."""
+        videos = self.processor.images.videos
+        if not is_video(path):
+            return load_image(path)
+        if videos is None:
+            raise ImageLoadError(f"{path} is a video, and this model was built without videos")
+        return load_video(path, videos.frames, videos.fps)
+
+    def pixels(self, paths: list[str]) -> tuple[torch.Tensor | None, list[tuple]]:
+        """The visuals' pixels (views, 3, H, W), one after the other, and their rows (ImageInputs: (height, width),
+        or (height, width, frames) for a video)."""
         if not paths:
             return None, []
-        if self.cache is None:
-            images = [load_image(path) for path in paths]
-            return self.processor.images(images)[0], [(image.height, image.width) for image in images]
+        if self.cache is None or len(paths) > 1 and self.processor.images.max_tiles is not None:
+            return self.processor.images([self.load(path) for path in paths])  # anyres_max: the rows of the sample
         for path in paths:
             if path not in self.cache:
-                image = load_image(path)
-                self.cache[path] = (self.processor.images([image])[0], (image.height, image.width))
-        return torch.cat([self.cache[path][0] for path in paths]), [self.cache[path][1] for path in paths]
+                self.cache[path] = self.processor.images([self.load(path)])
+        return torch.cat([self.cache[path][0] for path in paths]), [self.cache[path][1][0] for path in paths]
 
     def __getitem__(self, index: int) -> dict:
         """Sample `index`, or the next usable one after it; `skipped` holds (id, why) of those passed over."""

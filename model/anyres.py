@@ -17,11 +17,15 @@ writes features (one masked_scatter, as ever).
 import math
 
 import torch
-from transformers import LlavaImageProcessor, LlavaNextImageProcessor
+from torch.nn import functional
+from transformers import LlavaImageProcessor, LlavaNextImageProcessor, LlavaOnevisionImageProcessor
 from transformers.image_processing_utils import select_best_resolution
 
-from .layouts import ASPECT_RATIOS, VARIABLE
+from .layouts import anyres_max, check_aspect, is_anyres, is_variable
 from .native import native_grid
+from .video import pack_video
+
+ONE_VIEW = -1  # a row's third field for an image of a several-image sample under anyres_max (see ImageInputs)
 
 
 def grid_shape(image_size, pinpoints: list[list[int]], tile: int) -> tuple[int, int]:
@@ -42,22 +46,40 @@ def unpadded_grid(image_size, rows: int, columns: int, side: int) -> tuple[int, 
     return grid_h, grid_w - 2 * pad, 0, pad
 
 
-def anyres_tokens(image_size, pinpoints: list[list[int]], tile: int, side: int, base: int) -> int:
-    """Image tokens of one image: the base view's `base`, its unpadded grid, and a newline per grid row."""
+def downsampled(height: int, width: int, side: int, max_tiles: int | None) -> tuple[int, int]:
+    """anyres_max_N (LLaVA-OneVision): a feature grid over N tiles' worth of features (by more than 1.1x in side)
+    shrinks by that ratio; None (anyres) keeps it."""
+    if max_tiles is None:
+        return height, width
+    ratio = math.sqrt(height * width / (max_tiles * side * side))
+    return (int(height // ratio), int(width // ratio)) if ratio > 1.1 else (height, width)
+
+
+def anyres_tokens(image_size, pinpoints: list[list[int]], tile: int, side: int, base: int,
+                  max_tiles: int | None = None) -> int:
+    """Image tokens of one image: the base view's `base`, its unpadded (anyres_max: downsampled) grid, and a newline
+    per grid row."""
     rows, columns = grid_shape(image_size, pinpoints, tile)
     height, width, _, _ = unpadded_grid(image_size, rows, columns, side)
+    height, width = downsampled(height, width, side, max_tiles)
     return base + height * (width + 1)
 
 
-def pack_features(features: torch.Tensor, image_size, pinpoints, tile: int, newline: torch.Tensor) -> torch.Tensor:
+def pack_features(features: torch.Tensor, image_size, pinpoints, tile: int, newline: torch.Tensor,
+                  max_tiles: int | None = None) -> torch.Tensor:
     """One image's tile features (1 + rows * columns, side * side, D), base view first, -> its token features
-    (anyres_tokens, D), laid out as LLaVA-NeXT's spatial_unpad with a newline after each row."""
+    (anyres_tokens, D), laid out as LLaVA-NeXT's spatial_unpad (anyres_max: then downsampled bilinearly, as
+    LLaVA-OneVision) with a newline after each row."""
     rows, columns = grid_shape(image_size, pinpoints, tile)
     side = math.isqrt(features.shape[1])
     base, tiles = features[0], features[1:]  # (side * side, D), (rows * columns, side * side, D)
     grid = tiles.view(rows, columns, side, side, -1).permute(0, 2, 1, 3, 4).reshape(rows * side, columns * side, -1)
     height, width, cut_rows, cut_columns = unpadded_grid(image_size, rows, columns, side)
     grid = grid[cut_rows:cut_rows + height, cut_columns:cut_columns + width]  # (height, width, D)
+    if downsampled(height, width, side, max_tiles) != (height, width):
+        height, width = downsampled(height, width, side, max_tiles)
+        grid = functional.interpolate(grid.permute(2, 0, 1)[None], [height, width], mode="bilinear")[0]
+        grid = grid.permute(1, 2, 0)  # (height, width, D)
     grid = torch.cat([grid, newline.to(grid.dtype).expand(height, 1, -1)], dim=1)  # (height, width + 1, D)
     return torch.cat([base, grid.reshape(-1, grid.shape[-1])])
 
@@ -78,15 +100,20 @@ def processor_settings(image_processor) -> dict:
 
 
 class ImageInputs:
-    """list of PIL images -> (pixel_values (tiles, 3, tile, tile), image sizes [(height, width)]), and the token
-    count of an image of a given size, for one of ASPECT_RATIOS."""
+    """A sample's visuals (PIL images; visual/video.py's Videos where `videos` is set) -> (pixel_values (tiles and
+    frames, 3, tile, tile), one row per visual), and the token count and tower inputs of each row.
 
-    def __init__(self, tower_processor, aspect: str, num_image_tokens: int, pinpoints: list[list[int]] | None = None):
-        if aspect not in ASPECT_RATIOS:
-            raise ValueError(f"--image_aspect_ratio must be one of {ASPECT_RATIOS}, not {aspect!r}")
-        self.aspect, self.base = aspect, num_image_tokens
+    A row is (height, width) for an image laid out by `aspect` (one of ASPECT_RATIOS); (height, width, frames) for a
+    video of that many frames; (height, width, ONE_VIEW) for an image of a several-image sample under anyres_max,
+    which LLaVA-OneVision pads to a square and shows as one view and a newline (its processor's rule)."""
+
+    def __init__(self, tower_processor, aspect: str, num_image_tokens: int, pinpoints: list[list[int]] | None = None,
+                 videos=None):
+        self.aspect, self.base = check_aspect(aspect), num_image_tokens
         self.tower_processor = tower_processor
-        self.variable = aspect in VARIABLE
+        self.variable = is_variable(aspect)
+        self.max_tiles = anyres_max(aspect)
+        self.videos = videos  # a video.VideoInputs, or None: the model takes no videos
         if aspect == "square":
             return
         if aspect == "native":  # the tower's own NaFlex processor, within num_image_tokens patches (native.py)
@@ -102,35 +129,91 @@ class ImageInputs:
             return
         self.side = math.isqrt(num_image_tokens)
         if self.side * self.side != num_image_tokens:
-            raise ValueError(f"--image_aspect_ratio anyres lays features out on a square grid, but this tower gives "
+            raise ValueError(f"--image_aspect_ratio {aspect} lays features out on a square grid, but this tower gives "
                              f"{num_image_tokens} per image (use --select_feature patch)")
-        self.processor = LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, do_pad=False, **common)
+        if self.max_tiles is None:
+            self.processor = LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, do_pad=False, **common)
+            return
+        self.processor = LlavaOnevisionImageProcessor(  # OneVision resizes its base view to the tile, no crop
+            image_grid_pinpoints=pinpoints, size={"height": s["tile"], "width": s["tile"]}, resample=s["resample"],
+            image_mean=s["image_mean"], image_std=s["image_std"])
 
-    def tokens(self, image_size) -> int:
-        """Image tokens of an image of (height, width)."""
+    @staticmethod
+    def frames(row) -> int:
+        """A row's third field: a video's frames, ONE_VIEW, or 0 (an image, laid out by the layout)."""
+        return row[2] if len(row) > 2 else 0
+
+    def tokens(self, row) -> int:
+        """Image (or video) tokens of a row."""
+        kind = self.frames(row)
+        if kind > 0:
+            return self.videos.tokens(kind)
+        if kind == ONE_VIEW:
+            return self.base + 1
         if self.aspect == "native":
-            rows, columns = native_grid(image_size, self.patch_size, self.base)
+            rows, columns = native_grid(row[:2], self.patch_size, self.base)
             return rows * columns
-        if self.aspect != "anyres":
+        if not is_anyres(self.aspect):
             return self.base
-        return anyres_tokens(image_size, self.pinpoints, self.tile, self.side, self.base)
+        return anyres_tokens(row[:2], self.pinpoints, self.tile, self.side, self.base, self.max_tiles)
 
-    def __call__(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        sizes = [(image.height, image.width) for image in images]
+    def tiles(self, row) -> int:
+        """Views the tower sees for a row: a video's frames; 1; or anyres's base view and the grid's tiles."""
+        kind = self.frames(row)
+        if kind > 0:
+            return kind
+        if kind == ONE_VIEW or not is_anyres(self.aspect):
+            return 1
+        rows, columns = grid_shape(row[:2], self.pinpoints, self.tile)
+        return 1 + rows * columns
+
+    def rows(self, shapes: list[tuple]) -> list[tuple]:
+        """A sample's rows from its visuals' (height, width) or (height, width, frames): anyres_max shows each image
+        of a several-image sample as one view (OneVision's rule)."""
+        several = self.max_tiles is not None and sum(1 for shape in shapes if self.frames(shape) == 0) > 1
+        return [(*shape[:2], ONE_VIEW) if several and self.frames(shape) == 0 else tuple(shape) for shape in shapes]
+
+    def pack(self, features: torch.Tensor, row, newline: torch.Tensor | None) -> torch.Tensor:
+        """One row's projected views (tiles(row), N, D) -> its token features (tokens(row), D)."""
+        kind = self.frames(row)
+        if kind > 0:
+            return pack_video(features, self.videos.pooling, newline)
+        if kind == ONE_VIEW:
+            return torch.cat([features[0], newline.to(features.dtype)[None]])
+        if not is_anyres(self.aspect):
+            return features.flatten(0, 1)
+        return pack_features(features, row[:2], self.pinpoints, self.tile, newline, self.max_tiles)
+
+    def __call__(self, visuals) -> tuple[torch.Tensor, list[tuple]]:
+        """One sample's visuals -> (pixel values of all their views, in order; their rows)."""
+        shapes = [(v.height, v.width, len(v.indices)) if hasattr(v, "indices") else (v.height, v.width)
+                  for v in visuals]
+        if any(len(shape) > 2 for shape in shapes) and self.videos is None:
+            raise ValueError("this model was built without videos (train it on data that holds videos)")
+        rows = self.rows(shapes)
+        if all(len(row) == 2 for row in rows):
+            return self.images(visuals), rows
+        pixels = [self.videos(v) if self.frames(row) > 0 else self.images([v], one_view=self.frames(row) == ONE_VIEW)
+                  for v, row in zip(visuals, rows, strict=True)]
+        return torch.cat(pixels), rows
+
+    def images(self, images, one_view: bool = False) -> torch.Tensor:
+        """PIL images -> their views (tiles, 3, H, W), one image after the other."""
         if self.aspect == "square":
-            return self.tower_processor(images), sizes
+            return self.tower_processor(images)
         if self.aspect == "pad":
-            return self.processor(images=list(images), return_tensors="pt")["pixel_values"].float(), sizes
+            return self.processor(images=list(images), return_tensors="pt")["pixel_values"].float()
         if self.aspect == "native":  # (n, num_image_tokens, 3 * patch²): patches, padded to the same count
             return self.processor(images=list(images), max_num_patches=self.base,
-                                  return_tensors="pt")["pixel_values"].float(), sizes
+                                  return_tensors="pt")["pixel_values"].float()
+        if one_view:  # OneVision's several-image rule: padded to a square, one view each
+            return torch.cat([self._one_view(image) for image in images])
         # anyres: each image's tiles, base view first, then the next image's: (sum of tiles, 3, tile, tile)
         tiles = [self.processor(images=[image], return_tensors="pt")["pixel_values"][0] for image in images]
-        return torch.cat(tiles).float(), sizes
+        return torch.cat(tiles).float()
 
-    def tiles(self, image_size) -> int:
-        """Tiles the tower sees for one image: 1, or the base view and the grid's."""
-        if self.aspect != "anyres":
-            return 1
-        rows, columns = grid_shape(image_size, self.pinpoints, self.tile)
-        return 1 + rows * columns
+    def _one_view(self, image) -> torch.Tensor:
+        """An image as OneVision shows each image of a several-image sample: padded to a square, resized: (1, 3, t, t).
+        (Its processor applies that rule to samples of several images, so the image goes in beside a copy.)"""
+        pixels = self.processor(images=[[image, image]], return_tensors="pt")["pixel_values"]  # (2, 1, 3, t, t)
+        return pixels[0, :1].float()

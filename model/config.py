@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
-from .layouts import ASPECT_RATIOS, parse_pinpoints
+from .layouts import check_aspect, is_anyres, parse_pinpoints
 
 CONFIG_NAME = "vlm_config.json"
 MODES = {
@@ -25,13 +25,21 @@ class VLMConfig:
     post_layernorm: bool = False
     projector_type: str = "mlp2x_gelu"
     pixel_shuffle: int = 1  # pixel_shuffle_mlp: factor² fewer image tokens (pixel_shuffle.py)
-    # square (the tower's own resize and crop) | pad (LLaVA-1.5) | anyres (LLaVA-NeXT): see anyres.py
+    # square (the tower's own resize and crop) | pad (LLaVA-1.5) | anyres (LLaVA-NeXT) | anyres_max_N (LLaVA-OneVision)
+    # | native (NaFlex): see anyres.py
     image_aspect_ratio: str = "square"
     image_grid_pinpoints: list | str | None = None  # anyres: [[height, width], ...] or "HxW,..."; default LLaVA-NeXT's
     max_image_tokens: int | None = None  # anyres: grids whose image tokens could exceed this are left out
     # Used only when the LLM's vocabulary lacks IMAGE_MARKER: added as a special token.
     image_token: str = "<image>"
     system_prompt: str | None = None  # None: the chat template's own default
+    # Videos (video.py): set when the training data holds videos; the video token is then added as the image token
+    # is, and a newline vector follows each video. Frames: video_frames spread uniformly, or video_fps a second.
+    videos: bool = False
+    video_token: str = "<video>"
+    video_frames: int = 8
+    video_fps: float | None = None
+    video_pooling: int = 2  # frame features pooled bilinearly by this stride (LLaVA-OneVision's 2)
     vision_mode: str = "frozen"
     projector_mode: str = "train"
     llm_mode: str = "lora"
@@ -49,18 +57,24 @@ class VLMConfig:
     init_from: str | None = None
 
     def __post_init__(self):
-        for name, allowed in {**MODES, "image_aspect_ratio": ASPECT_RATIOS}.items():
+        for name, allowed in MODES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_aspect(self.image_aspect_ratio)
+        if self.video_pooling < 1 or (self.video_fps is None and self.video_frames < 1) or (self.video_fps or 1) <= 0:
+            raise ValueError(f"videos need video_pooling >= 1 and a positive video_frames or video_fps, not "
+                             f"{self.video_pooling}, {self.video_frames}, {self.video_fps}")
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
 
     def resolve_image_layout(self, tile: int):
-        """anyres: the grids, LLaVA-NeXT's for a `tile`-px tower unless given, and within max_image_tokens if set."""
-        if self.image_aspect_ratio != "anyres":
+        """anyres: the grids, LLaVA-NeXT's (anyres_max_N: OneVision's) for a `tile`-px tower unless given, and within
+        max_image_tokens if set."""
+        if not is_anyres(self.image_aspect_ratio):
             return
         points = self.image_grid_pinpoints
-        points = parse_pinpoints(points, tile) if points is None or isinstance(points, str) else points
+        if points is None or isinstance(points, str):
+            points = parse_pinpoints(points, tile, self.image_aspect_ratio)
         if self.max_image_tokens is not None:
             side = math.isqrt(self.num_image_tokens)
             worst = {tuple(p): self.num_image_tokens + (p[0] // tile * side) * (p[1] // tile * side + 1)

@@ -82,7 +82,8 @@ class StaticDecoder:
         eos = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device).view(-1)
         pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
 
-        image = torch.tensor([vlm.image_token_id], device=device)
+        visual = [vlm.image_token_id] + ([] if vlm.video_token_id is None else [vlm.video_token_id])
+        image = torch.tensor(visual, device=device)
 
         def pick(logits, step):
             logits = logits.index_fill(-1, image, -math.inf)  # image positions are written by the model, never sampled

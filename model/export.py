@@ -9,7 +9,8 @@ dequantised weights it was trained against, in --dtype, and the output is an ord
 
 `--format llava` follows the checkpoint's image layout: `square` and `pad` give LlavaForConditionalGeneration
 (with `pad`, its processor is LlavaImageProcessor(do_pad=True)); `anyres` gives LlavaNextForConditionalGeneration
-with the same grid pinpoints, its newline vector and LlavaNextProcessor.
+with the same grid pinpoints, its newline vector and LlavaNextProcessor; `anyres_max_N`, and any checkpoint trained on
+videos, gives LlavaOnevisionForConditionalGeneration with LlavaOnevisionProcessor (images, several images, videos).
 
 The Llava format needs an LLM that transformers supports natively (Qwen2, Llama, ...) or our QWen, which
 is converted to Qwen2 (weights and a fast tokenizer with identical ids; exact within its seq_length), a
@@ -44,9 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def llava_problems(vision: str, projector_type: str, post_layernorm: bool, aspect: str = "square") -> list[str]:
+def llava_problems(vision: str, projector_type: str, post_layernorm: bool, aspect: str = "square",
+                   videos: bool = False, video_pooling: int = 2) -> list[str]:
     """Why a VLM cannot become a Llava checkpoint, from its config alone (before any weight loads)."""
     problems = []
+    if videos and not aspect.startswith("anyres_max_"):
+        problems.append(f"its videos export to LlavaOnevision, which lays single images out as anyres_max_N, not "
+                        f"{aspect}: train a video model with --image_aspect_ratio anyres_max_9 to export it")
+    if videos and video_pooling != 2:
+        problems.append(f"LlavaOnevision pools frame features by 2, not --video_pooling {video_pooling}")
     if aspect == "native":
         problems.append("its images keep their own aspect ratio in a SigLIP2 NaFlex tower (--image_aspect_ratio "
                         "native), and Llava and LlavaNext feed their towers fixed-size images, so no Llava format vLLM "
@@ -76,7 +83,8 @@ def preflight(argv=None) -> None:
         with open(config, encoding="utf-8") as f:
             saved = json.load(f)
         problems = llava_problems(args.base_vision_model or saved["vision"], saved.get("projector_type", "mlp2x_gelu"),
-                                  saved.get("post_layernorm", False), saved.get("image_aspect_ratio", "square"))
+                                  saved.get("post_layernorm", False), saved.get("image_aspect_ratio", "square"),
+                                  saved.get("videos", False), saved.get("video_pooling", 2))
         if problems:
             raise ValueError(f"cannot export {args.checkpoint} to Llava: " + "; ".join(problems))
 
@@ -97,6 +105,10 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
     LlavaProcessor,
 )
 
@@ -174,6 +186,17 @@ def to_llava(model: VisionLanguageModel):
     template = list_content_template(cfg.chat_template or tokenizer.chat_template, cfg.image_token, cfg.system_prompt)
     tokenizer.chat_template = template
     vision = model.vision_tower.vision_model
+    if isinstance(llava, LlavaOnevisionForConditionalGeneration):
+        videos = model.image_inputs.videos
+        video_processor = videos.processor if videos else LlavaOnevisionVideoProcessor(
+            **{k: getattr(model.image_inputs.processor, k) for k in ("size", "resample", "image_mean", "image_std")})
+        processor = LlavaOnevisionProcessor(
+            image_processor=model.image_inputs.processor, video_processor=video_processor, tokenizer=tokenizer,
+            num_image_tokens=cfg.num_image_tokens + (llava.config.vision_feature_select_strategy == "default"),
+            vision_feature_select_strategy=llava.config.vision_feature_select_strategy, image_token=cfg.image_token,
+            video_token=cfg.video_token if cfg.videos else cfg.image_token, chat_template=template,
+            vision_aspect_ratio=cfg.image_aspect_ratio)
+        return llava, processor
     processor_class = LlavaNextProcessor if cfg.image_aspect_ratio == "anyres" else LlavaProcessor
     image_processor = model.vision_tower.image_processor.processor if cfg.image_aspect_ratio == "square" else \
         model.image_inputs.processor  # LlavaImageProcessor(do_pad=True) or LlavaNextImageProcessor, as we process
@@ -189,7 +212,8 @@ def to_llava_model(model: VisionLanguageModel):
     """LlavaForConditionalGeneration (LlavaNextForConditionalGeneration for anyres) with our weights, and the
     transformers tokenizer that goes with it."""
     cfg = model.config
-    problems = llava_problems(cfg.vision, cfg.projector_type, cfg.post_layernorm, cfg.image_aspect_ratio)
+    problems = llava_problems(cfg.vision, cfg.projector_type, cfg.post_layernorm, cfg.image_aspect_ratio, cfg.videos,
+                              cfg.video_pooling)
     if not problems and not isinstance(model.vision_tower, HFVisionTower):
         problems.append("the vision tower is not a transformers CLIP/SigLIP model")
     if problems:
@@ -203,8 +227,13 @@ def to_llava_model(model: VisionLanguageModel):
                   projector_hidden_act="gelu", vision_feature_layer=cfg.select_layer,
                   vision_feature_select_strategy=llava_strategy(model), image_seq_length=cfg.num_image_tokens,
                   multimodal_projector_bias=True)
-    anyres = cfg.image_aspect_ratio == "anyres"
-    if anyres:
+    anyres = cfg.image_aspect_ratio.startswith("anyres")
+    if cfg.image_aspect_ratio.startswith("anyres_max_"):  # OneVision: images, several images and videos
+        model_class = LlavaOnevisionForConditionalGeneration
+        video = model.video_token_id if cfg.videos else model.image_token_id  # no videos: none ever comes
+        config = LlavaOnevisionConfig(image_grid_pinpoints=cfg.image_grid_pinpoints, video_token_id=video,
+                                      vision_aspect_ratio=cfg.image_aspect_ratio, **common)
+    elif anyres:
         config_class, model_class = LlavaNextConfig, LlavaNextForConditionalGeneration
         config = config_class(image_grid_pinpoints=cfg.image_grid_pinpoints, **common)
     else:

@@ -11,9 +11,40 @@ command lines read them). The layouts themselves are in anyres.py.
 import ast
 import re
 
-ASPECT_RATIOS = ("square", "pad", "anyres", "native")
-VARIABLE = ("anyres", "native")  # the layouts whose image-token count depends on each image's size
+ASPECT_RATIOS = ("square", "pad", "anyres", "anyres_max_N", "native")
 TILES = re.compile(r"\((\d+)\s*x\s*(\d+)\)")
+ANYRES_MAX = re.compile(r"anyres_max_([1-9]\d*)$")
+ONEVISION_GRIDS = 6  # anyres_max's default grids: LLaVA-OneVision's 1x1 ... 6x6 tiles
+
+
+def anyres_max(aspect: str) -> int | None:
+    """N of LLaVA-OneVision's `anyres_max_N` (a tile grid whose features are downsampled to about N tiles' worth);
+    None for the other layouts."""
+    match = ANYRES_MAX.match(aspect)
+    return int(match.group(1)) if match else None
+
+
+def check_aspect(aspect: str) -> str:
+    if aspect not in ASPECT_RATIOS[:3] + ASPECT_RATIOS[4:] and anyres_max(aspect) is None:
+        raise ValueError(f"--image_aspect_ratio must be one of {', '.join(ASPECT_RATIOS)} (e.g. anyres_max_9), not "
+                         f"{aspect!r}")
+    return aspect
+
+
+def is_anyres(aspect: str) -> bool:
+    """AnyRes grids of tiles: LLaVA-NeXT's anyres, or OneVision's anyres_max_N."""
+    return aspect == "anyres" or anyres_max(aspect) is not None
+
+
+def is_variable(aspect: str) -> bool:
+    """Whether an image's token count depends on its size."""
+    return is_anyres(aspect) or aspect == "native"
+
+
+def onevision_pinpoints(tile: int) -> list[list[int]]:
+    """LLaVA-OneVision's grids (its config's order): 1x1 ... 6x6 tiles, height x width in pixels."""
+    counts = range(1, ONEVISION_GRIDS + 1)
+    return [[h * tile, w * tile] for h in counts for w in counts]
 
 
 def default_pinpoints(tile: int) -> list[list[int]]:
@@ -45,11 +76,11 @@ def _read(text: str, tile: int) -> list[list[int]]:
         return []
 
 
-def parse_pinpoints(text: str | None, tile: int) -> list[list[int]]:
+def parse_pinpoints(text: str | None, tile: int, aspect: str = "anyres") -> list[list[int]]:
     """`--image_grid_pinpoints` in any of the three spellings -> [[height, width], ...] in pixels, multiples of the
-    tile; none gives the default list."""
+    tile; none gives the default list (LLaVA-NeXT's, or OneVision's for anyres_max_N)."""
     if not text:
-        return default_pinpoints(tile)
+        return onevision_pinpoints(tile) if anyres_max(aspect) else default_pinpoints(tile)
     points = _read(text, tile)
     if not points or any(len(p) != 2 or p[0] % tile or p[1] % tile or min(p) <= 0 for p in points):
         raise ValueError(f"--image_grid_pinpoints takes HxW sizes in pixels, multiples of the tower's {tile} px "

@@ -18,12 +18,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 import qwen  # noqa: F401  (registers model_type "qwen" with the Auto classes)
-from common import IMAGE_MARKER
+from common import IMAGE_MARKER, VIDEO_MARKER
 from visual import FeatureSelection, load_vision_tower
 
-from .anyres import ImageInputs, pack_features
+from .anyres import ImageInputs, processor_settings
 from .config import LORA_MODES, VLMConfig
 from .decoding import DECODING_MODES, StaticDecoder
+from .layouts import is_anyres
 from .lora_targets import default_lora_targets
 from .loss import causal_lm_loss, token_log_probs
 from .loss import resolve as resolve_loss
@@ -32,15 +33,16 @@ from .pixel_shuffle import shuffled_tokens
 from .processor import VLMProcessor
 from .projector import build_projector
 from .quantization import nf4_config, prepare_for_training
+from .video import VideoInputs
 from .zero3 import gathered
 
 
-def add_image_token(tokenizer, llm, image_token: str) -> str:
-    """The token that marks image positions: IMAGE_MARKER where the vocabulary has it (Qwen), else
-    `image_token`, added as a special token."""
+def add_image_token(tokenizer, llm, image_token: str, marker: str = IMAGE_MARKER) -> str:
+    """The token that marks image (or, marker=VIDEO_MARKER, video) positions: the marker where the vocabulary has it
+    (Qwen), else `image_token`, added as a special token."""
     vocab = tokenizer.get_vocab()
-    if IMAGE_MARKER in vocab:
-        return IMAGE_MARKER
+    if marker in vocab:
+        return marker
     if image_token not in vocab:
         tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
     old = llm.get_input_embeddings().num_embeddings
@@ -70,16 +72,24 @@ class VisionLanguageModel(nn.Module):
         # trainable parts stay fp32 even under a bf16 LLM: it is tiny, and keeps AdamW exact
         self.projector = build_projector(config.projector_type, vision_tower.hidden_size, config.llm_hidden_size,
                                          config.pixel_shuffle)
-        if config.image_aspect_ratio == "anyres":  # LLaVA-NeXT's newline vector, trained and saved with the projector
+        if is_anyres(config.image_aspect_ratio) or config.videos:  # LLaVA-NeXT's newline vector (also after each
+            # video, as OneVision), trained and saved with the projector
             width = config.llm_hidden_size
             self.projector.register_parameter("image_newline", nn.Parameter(torch.randn(width) / width ** 0.5))
         self.projector.to(llm.device)
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(config.video_token) if config.videos else None
+        videos = None
+        if config.videos:
+            if config.image_aspect_ratio == "native":
+                raise ValueError("videos need a square feature grid per frame, which native images do not have")
+            videos = VideoInputs(processor_settings(vision_tower.image_processor), config.num_image_tokens,
+                                 config.video_pooling, config.video_frames, config.video_fps)
         self.image_inputs = ImageInputs(vision_tower.image_processor, config.image_aspect_ratio,
-                                        config.num_image_tokens, config.image_grid_pinpoints)
+                                        config.num_image_tokens, config.image_grid_pinpoints, videos)
         self.processor = VLMProcessor(tokenizer, vision_tower.image_processor, config.image_token,
                                       config.num_image_tokens, config.chat_template, config.system_prompt,
-                                      self.image_inputs)
+                                      self.image_inputs, config.video_token if config.videos else None)
         self.decoder = None  # see set_decoding
         self.loss_impl = "auto"  # see loss.py: the loss at labelled positions only, chunked
         self.checkpoint_every = 1  # with activation checkpointing: recompute every k-th LLM block
@@ -109,6 +119,8 @@ class VisionLanguageModel(nn.Module):
                 llm.to(device)
             tower.to(device)
         config.image_token = add_image_token(tokenizer, llm, config.image_token)
+        if config.videos:
+            config.video_token = add_image_token(tokenizer, llm, config.video_token, VIDEO_MARKER)
         native = config.image_aspect_ratio == "native"
         if native != tower.native:
             raise ValueError(f"--image_aspect_ratio native needs a tower that takes variable patch counts (SigLIP2 "
@@ -190,44 +202,48 @@ class VisionLanguageModel(nn.Module):
     # ---- forward ----
 
     def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
-        """(tiles, 3, H, W) -> the features of every image token, in order (sum of tokens, D_llm): N per image, or with
-        anyres each image's base view and its unpadded tile grid with a newline per row (anyres.py), or with native
-        each image's own patch grid (native.py; pixel_values are then (images, max patches, 3 * patch²))."""
+        """(views, 3, H, W) -> the features of every image and video token, in order (sum of tokens, D_llm): N per
+        image, or with anyres each image's base view and its unpadded tile grid with a newline per row (anyres.py); a
+        video's pooled frames and a newline (video.py); or with native each image's own patch grid (native.py;
+        pixel_values are then (images, max patches, 3 * patch²))."""
         projector_dtype = next(self.projector.parameters()).dtype
         if self.config.image_aspect_ratio == "native":
             shapes = spatial_shapes(image_sizes.tolist(), self.image_inputs.patch_size, self.config.num_image_tokens)
             features = self.vision_tower(pixel_values, spatial_shapes=shapes)  # (images, max patches, D_vision)
             valid = torch.cat([f[:n] for f, n in zip(features, shapes.prod(-1).tolist(), strict=True)])
             return self.projector(valid[None].to(projector_dtype))[0]  # (sum of tokens, D_llm)
-        features = self.vision_tower(pixel_values)  # (tiles, N, D_vision)
-        features = self.projector(features.to(projector_dtype))  # (tiles, N, D_llm)
-        if self.config.image_aspect_ratio != "anyres":
+        features = self.vision_tower(pixel_values)  # (views, N, D_vision)
+        features = self.projector(features.to(projector_dtype))  # (views, N, D_llm)
+        if image_sizes is None or (not self.image_inputs.variable and image_sizes.shape[-1] == 2):
             return features.flatten(0, 1)
-        sizes = [tuple(s) for s in image_sizes.tolist()]
-        per_image = features.split([self.image_inputs.tiles(s) for s in sizes])
-        inputs = self.image_inputs
-        return torch.cat([pack_features(f, s, inputs.pinpoints, inputs.tile, self.projector.image_newline)
-                          for f, s in zip(per_image, sizes, strict=True)])
+        rows = [tuple(r) for r in image_sizes.tolist()]
+        inputs, newline = self.image_inputs, getattr(self.projector, "image_newline", None)
+        per_row = features.split([inputs.tiles(r) for r in rows])
+        return torch.cat([inputs.pack(f, r, newline) for f, r in zip(per_row, rows, strict=True)])
+
+    def visual_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T): the image and video tokens' positions."""
+        mask = input_ids == self.image_token_id
+        return mask if self.video_token_id is None else mask | (input_ids == self.video_token_id)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
               image_sizes: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with image features written over the image-token positions."""
+        """Text embeddings with image and video features written over their tokens' positions, in order."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, C)
-        image_mask = input_ids == self.image_token_id  # (B, T)
+        image_mask = self.visual_mask(input_ids)  # (B, T)
         n_tokens = int(image_mask.sum())
         if pixel_values is None:
             n_images, n_features = 0, 0
-        elif self.image_inputs.variable:
-            if image_sizes is None:
-                raise ValueError(f"{self.config.image_aspect_ratio} needs the images' sizes (image_sizes) beside their "
-                                 "pixel values")
+        elif image_sizes is not None:
             n_images = len(image_sizes)
             n_features = sum(self.image_inputs.tokens(tuple(s)) for s in image_sizes.tolist())
+        elif self.image_inputs.variable:
+            raise ValueError(f"{self.config.image_aspect_ratio} needs the images' sizes (image_sizes) beside their "
+                             "pixel values")
         else:
             n_images, n_features = pixel_values.shape[0], pixel_values.shape[0] * self.config.num_image_tokens
         if n_tokens != n_features:
-            per_image = "at their own sizes" if self.image_inputs.variable else \
-                f"x {self.config.num_image_tokens}"
+            per_image = "at their own sizes" if image_sizes is not None else f"x {self.config.num_image_tokens}"
             raise ValueError(f"the batch holds {n_tokens} image tokens but {n_features} image features "
                              f"({n_images} images {per_image})")
         if n_images == 0:

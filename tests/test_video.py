@@ -1,0 +1,274 @@
+"""Videos and LLaVA-OneVision's layout: decoding (frame indices by transformers' rule; mp4, gif and a frame folder
+giving the same frames), the processor (pixels and token counts equal LlavaOnevisionVideoProcessor,
+LlavaOnevisionImageProcessor and LlavaOnevisionProcessor, downsampling included), the model (logits equal
+LlavaOnevisionForConditionalGeneration with our weights for a video, an anyres_max image and a mixed batch), and bad
+input (an undecodable video is a counted bad sample; a marker without its video is one sentence)."""
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import save_tiny_clip, save_tiny_qwen2
+from transformers import (
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+)
+from transformers.video_utils import VideoMetadata, default_sample_indices_fn
+
+from common import IMAGE_MARKER, VIDEO_MARKER
+from dataset import VLMDataset
+from model import VisionLanguageModel, VLMConfig
+from model.anyres import anyres_tokens
+from model.export import to_llava
+from visual.video import Video, load_video, sample_indices, video_info
+
+# ---- clips ----
+
+
+def moving_square(frames: int = 12, size: int = 48, direction: int = 1, colour=(255, 255, 0), seed: int = 0):
+    """(frames, size, size, 3) uint8: a square crossing a black field left to right (direction 1) or back."""
+    rng = np.random.default_rng(seed)
+    top = int(rng.integers(0, size - 12))
+    out = np.zeros((frames, size, size, 3), np.uint8)
+    for t in range(frames):
+        x = int(round(t * (size - 12) / max(frames - 1, 1)))
+        x = x if direction > 0 else size - 12 - x
+        out[t, top:top + 12, x:x + 12] = colour
+    return out
+
+
+def write_video(path, frames: np.ndarray, codec: str, fps: int = 12):
+    """Lossless H.264 (yuv444, qp 0) for mp4 and lossless VP9 for webm, with PyAV; a GIF with Pillow (its palette is
+    the clip's own few colours, where FFmpeg's GIF encoder dithers)."""
+    if codec == "gif":
+        first, *rest = [Image.fromarray(frame) for frame in frames]
+        first.save(path, save_all=True, append_images=rest, duration=int(1000 / fps), loop=0)
+        return str(path)
+    options = {"libx264": ({"qp": "0"}, "yuv444p"), "libvpx-vp9": ({"lossless": "1"}, "yuv444p")}
+    opts, pix_fmt = options[codec]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt, stream.options = frames.shape[2], frames.shape[1], pix_fmt, opts
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+def write_folder(path, frames: np.ndarray):
+    path.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(path / f"{i:05d}.png")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video")
+    return {"qwen2": save_tiny_qwen2(root / "qwen2"), "clip": save_tiny_clip(root / "clip"), "root": root}
+
+
+def make(bases, aspect="anyres_max_9", **overrides):
+    torch.manual_seed(1)
+    config = VLMConfig(llm=bases["qwen2"], vision=bases["clip"], llm_mode="full", image_aspect_ratio=aspect,
+                       **{"videos": True, "video_frames": 4, **overrides})
+    model = VisionLanguageModel.build(config).apply_trainable_modes().eval()
+    with torch.no_grad():
+        for p in model.projector.parameters():
+            p.normal_(0, 0.2)  # the projector and the newline should matter in every comparison
+    return model
+
+
+def picture(width, height, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
+
+
+def clip_video(frames=4, size=40, seed=0) -> Video:
+    pixels = moving_square(frames, size, seed=seed)
+    return Video(pixels, list(range(frames)), [i / 12 for i in range(frames)], None)
+
+
+# ---- decoding ----
+
+
+@pytest.mark.parametrize("total,frames,fps,video_fps", [(100, 8, None, None), (7, 8, None, None), (300, 16, None, None),
+                                                         (97, 32, None, None), (120, 1, None, None),
+                                                         (300, None, 1.0, 30.0), (50, None, 2.0, 25.0),
+                                                         (10, None, 0.1, 30.0)])
+def test_frame_indices_follow_transformers_rule(total, frames, fps, video_fps):
+    ours = sample_indices(total, frames, fps, video_fps)
+    metadata = VideoMetadata(total_num_frames=total, fps=video_fps or 30.0)
+    wanted = frames if frames is None else min(frames, total)  # more frames than the clip has: all of them
+    theirs = default_sample_indices_fn(metadata, num_frames=wanted, fps=None if frames else fps)
+    assert ours == theirs.tolist()
+    assert ours == sorted(set(ours)) and 0 <= ours[0] and ours[-1] < total
+
+
+def test_mp4_gif_webm_and_frame_folder_give_the_same_frames(tmp_path):
+    frames = moving_square(12, 48)
+    paths = {"mp4": write_video(tmp_path / "a.mp4", frames, "libx264"),
+             "gif": write_video(tmp_path / "a.gif", frames, "gif"),
+             "webm": write_video(tmp_path / "a.webm", frames, "libvpx-vp9"),
+             "folder": write_folder(tmp_path / "frames", frames)}
+    for name, path in paths.items():
+        info = video_info(path)
+        assert (info.frames, info.height, info.width) == (12, 48, 48), name
+        video = load_video(path, frames=5)
+        assert video.indices == [0, 2, 4, 7, 9], name
+        assert len(video.timestamps) == 5 and video.timestamps == sorted(video.timestamps), name
+        error = np.abs(video.frames.astype(int) - frames[video.indices].astype(int)).max()
+        assert error <= 2, f"{name}: frames differ by up to {error}"
+    assert load_video(paths["mp4"], frames=5).timestamps == pytest.approx([i / 12 for i in [0, 2, 4, 7, 9]])
+    assert load_video(paths["mp4"], frames=None, fps=6).indices == [0, 2, 4, 6, 8, 10]  # 12 frames at 12 fps, 6/s
+
+
+# ---- processor ----
+
+
+def test_video_pixels_and_tokens_equal_onevision(bases):
+    model = make(bases)
+    video = load_video(write_video(bases["root"] / "p.mp4", moving_square(9, 40), "libx264"), frames=4)
+    pixels, rows = model.image_inputs([video])
+    reference = LlavaOnevisionVideoProcessor.from_pretrained(bases["clip"], size={"height": 32, "width": 32})
+    theirs = reference(videos=[video.frames], return_tensors="pt")["pixel_values_videos"][0]
+    torch.testing.assert_close(pixels, theirs, rtol=0, atol=1e-6)
+    assert rows == [(40, 40, 4)]
+    assert model.image_inputs.tokens(rows[0]) == 4 * 2 * 2 + 1  # 4x4 features pooled to 2x2 a frame, one newline
+    _, processor = to_llava(model)
+    assert isinstance(processor, LlavaOnevisionProcessor)
+    text = f"{VIDEO_MARKER}what moves?"
+    ids = model.processor([text], [[video]])["input_ids"][0].tolist()
+    hf_ids = processor(text=[text.replace(VIDEO_MARKER, "<video>")], videos=[video.frames],
+                       return_tensors="pt")["input_ids"][0].tolist()
+    assert ids == hf_ids
+
+
+@pytest.mark.parametrize("pooling,frames,expected", [(1, 8, 8 * 16 + 1), (2, 8, 8 * 4 + 1), (3, 16, 16 * 4 + 1),
+                                                     (4, 32, 32 + 1)])
+def test_video_token_count_by_frames_and_pooling(bases, pooling, frames, expected):
+    model = make(bases, aspect="square", video_pooling=pooling, video_frames=frames)
+    video = clip_video(frames)
+    pixels, rows = model.image_inputs([video])
+    assert pixels.shape == (frames, 3, 32, 32) and rows == [(40, 40, frames)]
+    assert model.image_inputs.tokens(rows[0]) == expected
+    with torch.no_grad():  # the features the model writes are as many as the tokens
+        assert model.image_features(pixels, torch.tensor(rows)).shape == (expected, model.config.llm_hidden_size)
+
+
+SHAPES = [(20, 70), (90, 25), (12, 9), (1400, 900), (64, 64), (32, 96), (200, 180)]
+
+
+def test_anyres_max_pixels_and_tokens_equal_onevision(bases):
+    model = make(bases)
+    assert model.config.image_grid_pinpoints[:3] == [[32, 32], [32, 64], [32, 96]]  # OneVision's 1x1 ... 6x6
+    assert len(model.config.image_grid_pinpoints) == 36
+    images = [picture(w, h, k) for k, (w, h) in enumerate(SHAPES)]
+    reference = LlavaOnevisionImageProcessor.from_pretrained(
+        bases["clip"], image_grid_pinpoints=model.config.image_grid_pinpoints, size={"height": 32, "width": 32},
+        crop_size=None, do_center_crop=None)
+    _, processor = to_llava(model)
+    downsampled = 0
+    for image in images:  # one image a sample: its anyres grid
+        ours, rows = model.image_inputs([image])
+        theirs = reference(images=[image], return_tensors="pt")["pixel_values"][0]
+        torch.testing.assert_close(ours, theirs[:len(ours)], rtol=0, atol=1e-6)
+        text = f"{IMAGE_MARKER}?"
+        ids = model.processor([text], [[image]])["input_ids"][0]
+        hf = processor(text=[text.replace(IMAGE_MARKER, "<image>")], images=[image], return_tensors="pt")
+        assert ids.tolist() == hf["input_ids"][0].tolist()
+        full = anyres_tokens(rows[0], model.config.image_grid_pinpoints, 32, 4, 16)  # anyres: no downsampling
+        downsampled += model.image_inputs.tokens(rows[0]) < full
+    assert downsampled >= 2  # the large images are downsampled to about 9 tiles' worth
+    # several images in one sample: each padded to a square, one view and a newline (OneVision's rule)
+    ours, rows = model.image_inputs(images[:2])
+    theirs = reference(images=[images[:2]], return_tensors="pt")["pixel_values"][:, 0]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert [model.image_inputs.tokens(r) for r in rows] == [17, 17]
+    text = f"{IMAGE_MARKER} or {IMAGE_MARKER}?"
+    hf = processor(text=[text.replace(IMAGE_MARKER, "<image>")], images=[images[:2]], return_tensors="pt")
+    assert model.processor([text], [images[:2]])["input_ids"][0].tolist() == hf["input_ids"][0].tolist()
+
+
+# ---- model ----
+
+
+def reference_inputs(model, batch, samples):
+    """Our batch as LlavaOnevision takes it: image views (4-D) and videos (videos, frames, 3, H, W) apart, and the
+    images per sample."""
+    rows = [tuple(r) for r in batch["image_sizes"].tolist()]
+    views = batch["pixel_values"].split([model.image_inputs.tiles(r) for r in rows])
+    images = [v for v, r in zip(views, rows, strict=True) if len(r) < 3 or r[2] <= 0]
+    videos = [v for v, r in zip(views, rows, strict=True) if len(r) > 2 and r[2] > 0]
+    sizes = [r[:2] for r in rows if len(r) < 3 or r[2] <= 0]
+    counts = [sum(1 for item in sample if not isinstance(item, Video)) for sample in samples]
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "pixel_values": torch.cat(images) if images else None,
+            "image_sizes": torch.tensor(sizes) if sizes else None,
+            "pixel_values_videos": torch.stack(videos) if videos else None,
+            "batch_num_images": torch.tensor([c for c in counts if c]) if images else None}
+
+
+@pytest.mark.parametrize("case", ["video", "anyres_max image", "mixed"])
+def test_logits_equal_llava_onevision(bases, case):
+    model = make(bases)
+    onevision, _ = to_llava(model)
+    onevision.eval()
+    video = clip_video(4, 40, seed=1)
+    if case == "video":
+        texts, samples = [f"{VIDEO_MARKER}which way does it move?"], [[video]]
+    elif case == "anyres_max image":
+        texts, samples = [f"{IMAGE_MARKER}what is it?"], [[picture(1400, 900)]]
+    else:  # a video, two images, one large image, text alone
+        texts = [f"{VIDEO_MARKER}which way?", f"{IMAGE_MARKER} and {IMAGE_MARKER}: which is wider?",
+                 f"describe {IMAGE_MARKER}", "no picture at all"]
+        samples = [[video], [picture(90, 25, 2), picture(20, 70, 3)], [picture(200, 180, 4)], []]
+    prompts = [model.processor.render([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
+    batch = model.processor(prompts, samples, padding_side="left")
+    with torch.no_grad():
+        ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]).logits
+        theirs = onevision(**reference_inputs(model, batch, samples)).logits
+    mask = batch["attention_mask"].bool()
+    assert (ours[mask] - theirs[mask]).abs().max() <= 1e-5
+
+
+# ---- bad input ----
+
+
+def test_undecodable_video_is_a_counted_bad_sample(bases, tmp_path):
+    model = make(bases, aspect="square")
+    good = write_video(tmp_path / "good.mp4", moving_square(6, 32), "libx264")
+    (tmp_path / "bad.mp4").write_bytes(b"\x00not a video at all" * 50)
+    image_map = {"good": {"path": good}, "bad": {"path": str(tmp_path / "bad.mp4")},
+                 "gone": {"path": str(tmp_path / "gone.mp4")}}
+    turn = [{"role": "user", "content": f"{VIDEO_MARKER}what?"}, {"role": "assistant", "content": "a square"}]
+    samples = [{"id": name, "images": [name], "conversations": turn} for name in ("bad", "gone", "good")]
+    (tmp_path / "image_map.json").write_text(json.dumps(image_map))
+    (tmp_path / "captions.json").write_text(json.dumps(samples))
+    data = VLMDataset(str(tmp_path / "image_map.json"), str(tmp_path / "captions.json"), model.processor,
+                      store=False, progress=False)
+    item = data[0]
+    assert item["id"] == "good" and [s[0] for s in item["skipped"]] == ["bad", "gone"]
+    assert "cannot decode video" in item["skipped"][0][1] and "not found" in item["skipped"][1][1]
+    assert item["pixel_values"].shape == (4, 3, 32, 32) and item["image_sizes"] == [(32, 32, 4)]
+    n_video = sum(1 for i in item["input_ids"].tolist() if i == model.video_token_id)
+    assert n_video == 4 * 4 + 1 and data.token_length(2) == len(item["input_ids"])
+
+
+def test_marker_that_names_the_wrong_kind_is_a_bad_sample(bases, tmp_path):
+    model = make(bases, aspect="square")
+    picture(40, 30).save(tmp_path / "a.png")
+    (tmp_path / "image_map.json").write_text(json.dumps({"a": {"path": str(tmp_path / "a.png")}}))
+    turn = [{"role": "user", "content": f"{VIDEO_MARKER}what?"}, {"role": "assistant", "content": "x"}]
+    good = [{"role": "user", "content": f"{IMAGE_MARKER}what?"}, {"role": "assistant", "content": "x"}]
+    (tmp_path / "captions.json").write_text(json.dumps([{"id": "v", "images": ["a"], "conversations": turn},
+                                                        {"id": "i", "images": ["a"], "conversations": good}]))
+    data = VLMDataset(str(tmp_path / "image_map.json"), str(tmp_path / "captions.json"), model.processor,
+                      store=False, progress=False)
+    item = data[0]
+    assert item["id"] == "i" and "asks for a video" in item["skipped"][0][1]
