@@ -23,7 +23,9 @@ import torch
 from transformers import HfArgumentParser, IntervalStrategy, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from common import read_json
 from common.cli import fail
+from common.images import image_ref
 from common.store import build_store, open_samples, read_samples
 from dataset import DataUnavailable, Mixture, PackedDataset, VLMCollator, VLMDataset, read_mixture
 from dataset.preference import PreferenceCollator, PreferenceDataset, check_pairs
@@ -42,6 +44,7 @@ from training.plot import plot_loss
 from training.posttraining import refuse_sharded
 from training.rewards import resolve as resolve_rewards
 from training.trainer import VLMTrainer
+from visual.video import is_video
 
 
 def check_data(data: DataArguments, args: VLMTrainingArguments) -> list[dict]:
@@ -106,7 +109,14 @@ def resolve_precision(args: VLMTrainingArguments) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
 
 
-def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> VisionLanguageModel:
+def data_has_videos(data: DataArguments, mixture: Mixture | None) -> bool:
+    """Whether the training data names a video (a video file or a frame folder) in its image_map.json."""
+    maps = [source.image_map for source in mixture.sources] if mixture is not None else [data.image_map]
+    return any(is_video(image_ref(entry)) for path in maps for entry in read_json(path).values())
+
+
+def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype, videos: bool = False
+                ) -> VisionLanguageModel:
     if not m.init_from and not (m.base_language_model and m.base_vision_model):
         raise ValueError("give --base_language_model and --base_vision_model, or --init_from a checkpoint folder")
     config = VLMConfig(
@@ -117,7 +127,8 @@ def build_model(m: ModelArguments, data: DataArguments, dtype: torch.dtype) -> V
         max_image_tokens=m.max_image_tokens,
         image_token=m.image_token, system_prompt=data.system_prompt, vision_mode=m.vision_mode,
         projector_mode=m.projector_mode, llm_mode=m.llm_mode, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout, target_modules=m.target_modules,
+        lora_dropout=m.lora_dropout, target_modules=m.target_modules, videos=videos, video_frames=m.video_frames,
+        video_fps=m.video_fps, video_pooling=m.video_pooling,
     )
     if m.init_from:  # post-training: the SFT checkpoint, its trained weights merged in, this run's modes applied
         model = load_starting_point(m.init_from, config, dtype)
@@ -179,7 +190,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, args: VLMTrain
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=args.ddp_backend)  # joins the group accelerate set up
-    model = build_model(model_args, data_args, dtype)
+    model = build_model(model_args, data_args, dtype, data_has_videos(data_args, mixture))
     if is_deepspeed_zero3_enabled():  # weights were partitioned at load; buffers are still on the CPU
         place_buffers(model, args.device)
     if mixture is not None and args.process_index == 0:

@@ -36,8 +36,10 @@ class ModelArguments:
         "help": "pixel_shuffle_mlp: the factor (2 or 3); a grid it does not divide is zero-padded bottom and right"})
     image_aspect_ratio: str = field(default="square", metadata={
         "help": "square (the tower's resize and crop) | pad (LLaVA-1.5: padded to a square with the mean colour) | "
-                "anyres (LLaVA-NeXT: tiles of the best-fitting grid plus a base view, docs/models.md) | native "
-                "(SigLIP2 NaFlex: the image at its own aspect ratio, up to --max_image_tokens patches)"})
+                "anyres (LLaVA-NeXT: tiles of the best-fitting grid plus a base view, docs/models.md) | anyres_max_N "
+                "(LLaVA-OneVision: grids up to 6x6 tiles, features downsampled past N tiles' worth; the images of a "
+                "several-image sample one view each) | native (SigLIP2 NaFlex: the image at its own aspect ratio, up "
+                "to --max_image_tokens patches)"})
     image_grid_pinpoints: str | None = field(default=None, metadata={
         "help": "anyres: the grids, HxW in pixels, comma-separated (default: LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1 and 1x3 "
                 "tiles of the tower's size)"})
@@ -45,6 +47,13 @@ class ModelArguments:
         "help": "anyres: leave out the grids whose images could take more image tokens than this; native: the most "
                 "patches an image takes (default: the tower processor's max_num_patches)"})
     image_token: str = field(default="<image>", metadata={"help": "added for LLMs without <|extra_0|>"})
+    video_frames: int = field(default=8, metadata={
+        "help": "videos (in the data when image_map.json names video files or frame folders): frames sampled "
+                "uniformly from each (fewer when a clip has fewer)"})
+    video_fps: float | None = field(default=None, metadata={
+        "help": "videos: sample this many frames a second instead of --video_frames (a frame folder counts as 1 fps)"})
+    video_pooling: int = field(default=2, metadata={
+        "help": "videos: each frame's feature grid pooled bilinearly by this stride, as LLaVA-OneVision (1: none)"})
     vision_mode: str = field(default="frozen", metadata={
         "help": "frozen | lora (LoRA on the tower's Linear layers, at --lora_rank and --lora_alpha) | full"})
     projector_mode: str = field(default="train", metadata={"help": "train | frozen"})
