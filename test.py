@@ -2,6 +2,7 @@
 
     python test.py --model_weights CKPT --image_path IMG --prompt "这幅图像描述了什么？<|extra_0|>"
     python test.py --model_weights CKPT --image_path A.jpg B.jpg --prompt "<|extra_0|>和<|extra_0|>有什么不同？"
+    python test.py --model_weights CKPT --video_path clip.mp4 --prompt "<|extra_1|>What happens here?"
     python test.py --model_weights CKPT --image_path IMG --interactive          # chat; /image PATH adds one, /exit
     python test.py --model_weights CKPT --image_path FOLDER --prompt Q --output answers.jsonl
     python test.py --model_weights CKPT --questions questions.jsonl --output answers.jsonl
@@ -17,7 +18,7 @@ import sys
 import threading
 
 import visual  # its names load on first use (PIL), after --help
-from common import IMAGE_MARKER, atomic_file, exits_on
+from common import IMAGE_MARKER, VIDEO_MARKER, atomic_file, exits_on
 from common.cli import add_device_arguments
 from common.quiet import quiet_libraries
 
@@ -36,7 +37,11 @@ def parse_args(argv=None):
                    help="override the checkpoint's vision encoder (--base_value_model is the original name)")
     p.add_argument("--image_path", nargs="+", help="image file(s), one marker each in the prompt (in order); or one "
                                                     "folder of images for batch answers")
-    p.add_argument("--prompt", default="", help=f"the question; each {IMAGE_MARKER} marks where an image goes")
+    p.add_argument("--video_path", nargs="+", help=f"video file(s) (mp4, webm, mkv, avi, mov, gif) or frame "
+                                                    f"folders, one {VIDEO_MARKER} each in the prompt (in order); "
+                                                    "frames are sampled as the checkpoint was trained")
+    p.add_argument("--prompt", default="", help=f"the question; each {IMAGE_MARKER} marks where an image goes, each "
+                                                f"{VIDEO_MARKER} a video")
     p.add_argument("--questions", help="JSONL of {\"image\": path, \"question\": str[, \"id\": ...]} to answer")
     p.add_argument("--output", default="answers.jsonl", help="JSONL written by the batch modes")
     p.add_argument("--batch_size", type=int, default=8)
@@ -53,19 +58,46 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def with_image_marker(prompt: str, n_images: int, warn=True) -> str:
-    """One marker per image, in order. A prompt without any gets them before the question."""
+def with_image_marker(prompt: str, n_images: int, warn=True, n_videos: int = 0) -> str:
+    """One marker per image (and per video), in order. A prompt without any gets them before the question."""
     if not prompt.strip():
         raise UsageError("the prompt is empty")
-    count = prompt.count(IMAGE_MARKER)
-    if count == 0 and n_images:
-        if warn:
-            print(f"note: the prompt has no {IMAGE_MARKER}; the image(s) go before the question", file=sys.stderr)
-        return IMAGE_MARKER * n_images + prompt
-    if count != n_images:
-        raise UsageError(f"the prompt holds {count} image marker(s) ({IMAGE_MARKER}) but {n_images} image(s) are "
-                         "given: use one marker per image")
+    for marker, n, what in ((VIDEO_MARKER, n_videos, "video"), (IMAGE_MARKER, n_images, "image")):
+        count = prompt.count(marker)
+        if count == 0 and n:
+            if warn:
+                print(f"note: the prompt has no {marker}; the {what}(s) go before the question", file=sys.stderr)
+            prompt = marker * n + prompt
+        elif count != n:
+            raise UsageError(f"the prompt holds {count} {what} marker(s) ({marker}) but {n} {what}(s) are given: use "
+                             f"one marker per {what}")
     return prompt
+
+
+def in_marker_order(prompt: str, images: list, videos: list) -> list:
+    """The images and videos in the order of their markers in the prompt."""
+    images, videos = iter(images), iter(videos)
+    order = sorted([(i, IMAGE_MARKER) for i in find_all(prompt, IMAGE_MARKER)] +
+                   [(i, VIDEO_MARKER) for i in find_all(prompt, VIDEO_MARKER)])
+    return [next(videos) if marker == VIDEO_MARKER else next(images) for _, marker in order]
+
+
+def find_all(text: str, marker: str) -> list[int]:
+    found, start = [], text.find(marker)
+    while start != -1:
+        found.append(start)
+        start = text.find(marker, start + len(marker))
+    return found
+
+
+def load_videos(model, paths: list[str]) -> list:
+    """The videos' frames, sampled as the checkpoint was trained."""
+    from visual.video import load_video
+
+    videos = model.image_inputs.videos
+    if paths and videos is None:
+        raise UsageError("this checkpoint was trained without videos, so it cannot take them")
+    return [load_video(path, videos.frames, videos.fps) for path in paths]
 
 
 def generation_kwargs(args) -> dict:
@@ -158,31 +190,37 @@ def answer_batch(model, args, rows: list[tuple[str, dict]]):
     print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
 
 
-def chat(model, args, images_given):
-    """Multi-turn chat; the history, images included, stays in the chat template. /image PATH adds an image, which
-    goes with the next question (where it has a marker, or before it)."""
-    messages, images, pending = [], [], list(images_given)
-    print("chat: type a question; /image PATH to add an image; /exit or Ctrl-D to quit", file=sys.stderr)
+def chat(model, args, images_given, videos_given=()):
+    """Multi-turn chat; the history, images included, stays in the chat template. /image PATH adds an image and
+    /video PATH a video, which go with the next question (where it has markers, or before it)."""
+    messages, images, pending, pending_videos = [], [], list(images_given), list(videos_given)
+    print("chat: type a question; /image PATH to add an image, /video PATH a video; /exit or Ctrl-D to quit",
+          file=sys.stderr)
     for line in sys.stdin:
         line = line.strip()
         if line in ("/exit", "/quit"):
             break
-        if line.startswith("/image"):
+        if line.startswith(("/image", "/video")):
             try:
-                pending.append(visual.load_image(line[len("/image"):].strip()))
-                print(f"(image added: {len(pending)} with the next question)", file=sys.stderr)
-            except visual.ImageLoadError as e:
+                if line.startswith("/video"):
+                    pending_videos += load_videos(model, [line[len("/video"):].strip()])
+                else:
+                    pending.append(visual.load_image(line[len("/image"):].strip()))
+                print(f"(added: {len(pending)} image(s) and {len(pending_videos)} video(s) with the next question)",
+                      file=sys.stderr)
+            except (visual.ImageLoadError, UsageError) as e:
                 print(f"error: {e}", file=sys.stderr)
             continue
         if not line:
             continue
         try:
-            messages.append({"role": "user", "content": with_image_marker(line, len(pending), warn=False)})
+            content = with_image_marker(line, len(pending), warn=False, n_videos=len(pending_videos))
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             continue
-        images += pending
-        pending = []
+        messages.append({"role": "user", "content": content})
+        images += in_marker_order(content, pending, pending_videos)
+        pending, pending_videos = [], []
         messages.append({"role": "assistant", "content": answer_one(model, messages, images, args)})
 
 
@@ -193,6 +231,7 @@ def main(argv=None) -> int:
     import torch  # after parsing: --help answers without torch and transformers
 
     from model.device import load_for_inference, pick_device
+    from visual.video import video_info
 
     pick_device(args.device)  # a missing GPU fails before anything loads
     paths = args.image_path or []
@@ -200,20 +239,26 @@ def main(argv=None) -> int:
     if len(paths) > 1 and any(os.path.isdir(p) for p in paths):
         raise UsageError("--image_path takes image files, or one folder")
     batch_mode = bool(args.questions) or folder
+    if batch_mode and args.video_path:
+        raise UsageError("--video_path goes with --prompt or --interactive, not the batch modes")
     rows = read_questions(args) if batch_mode else []  # bad input fails before the model loads
     images = [] if folder else [visual.load_image(p) for p in paths]
+    video_paths = args.video_path or []
+    for path in video_paths:  # a missing or undecodable video fails before the model loads
+        video_info(path)
     if not (args.interactive or batch_mode):
-        prompt = with_image_marker(args.prompt, len(images))
+        prompt = with_image_marker(args.prompt, len(images), n_videos=len(video_paths))
     torch.manual_seed(args.seed)
     model = load_for_inference(args)
     if args.system is not None:
         model.processor.system_prompt = args.system
+    videos = load_videos(model, video_paths)
     if args.interactive:
-        chat(model, args, images)
+        chat(model, args, images, videos)
     elif batch_mode:
         answer_batch(model, args, rows)
     else:
-        answer_one(model, [{"role": "user", "content": prompt}], images, args)
+        answer_one(model, [{"role": "user", "content": prompt}], in_marker_order(prompt, images, videos), args)
 
 
 if __name__ == "__main__":

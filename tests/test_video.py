@@ -350,3 +350,130 @@ def test_frame_order_is_learned_and_reversal_flips_the_answer(bases):
     print(f"frame order: loss {losses[0]:.3f} -> {losses[-1]:.3f}, held-out accuracy {accuracy:.0%}, "
           f"reversal flips {flipped:.0%}")
     assert losses[-1] < 0.1 * losses[0] and accuracy >= 0.9 and flipped >= 0.9
+
+
+# ---- training and test.py ----
+
+
+def write_video_dataset(folder, n=16):
+    """Clips sliding right or left (mp4, gif and frame folders) and still images, mixed: 'right', 'left', 'still'."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    image_map, samples = {}, []
+    for k in range(n):
+        direction = 1 if k % 2 == 0 else -1
+        frames = sliding_square(4, 32, direction, (255, 255, 0), rng)
+        kind = ("mp4", "gif", "folder")[k % 3]
+        if kind == "folder":
+            path = write_folder(folder / f"v{k}", frames)
+        else:
+            path = write_video(folder / f"v{k}.{kind}", frames, "libx264" if kind == "mp4" else "gif")
+        image_map[f"v{k}"] = {"path": path}
+        samples.append({"id": f"v{k}", "images": [f"v{k}"], "conversations": [
+            {"role": "user", "content": f"{VIDEO_MARKER}which way?"},
+            {"role": "assistant", "content": "right" if direction > 0 else "left"}]})
+        if k % 4 == 0:  # a still image beside it, and a sample holding both
+            picture(40, 30, k).save(folder / f"i{k}.png")
+            image_map[f"i{k}"] = {"path": str(folder / f"i{k}.png")}
+            samples.append({"id": f"i{k}", "images": [f"i{k}"], "conversations": [
+                {"role": "user", "content": f"{IMAGE_MARKER}which way?"}, {"role": "assistant", "content": "still"}]})
+            samples.append({"id": f"b{k}", "images": [f"i{k}", f"v{k}"], "conversations": [
+                {"role": "user", "content": f"{IMAGE_MARKER} then {VIDEO_MARKER}: which moves?"},
+                {"role": "assistant", "content": "the second"}]})
+    (folder / "image_map.json").write_text(json.dumps(image_map))
+    (folder / "captions.json").write_text(json.dumps(samples))
+    return str(folder / "image_map.json"), str(folder / "captions.json")
+
+
+@pytest.fixture(scope="module")
+def video_data(bases, tmp_path_factory):
+    from tiny import save_tiny_qwen
+
+    root = tmp_path_factory.mktemp("video_data")
+    return {"qwen": save_tiny_qwen(root / "qwen"), "data": write_video_dataset(root / "data"), "root": root}
+
+
+def video_run_args(bases, video_data, out, steps, *extra):
+    image_map, captions = video_data["data"]
+    return ["--base_language_model", video_data["qwen"], "--base_vision_model", bases["clip"], "--image_map",
+            image_map, "--captions_file", captions, "--output_dir", str(out), "--max_steps", str(steps),
+            "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--lora_rank", "8", "--logging_steps",
+            "1", "--save_steps", "4", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "3",
+            "--disable_tqdm", "true", "--image_aspect_ratio", "anyres_max_9", "--video_frames", "4", *extra]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_training_on_videos_and_images_learns_resumes_and_reloads(bases, video_data, tmp_path, packing):
+    import train
+    from model import load_checkpoint
+    from runs import losses
+    from test_training import CrashAfterSave
+
+    extra = ("--packing", "--max_length", "512") if packing else ()
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert train.main(video_run_args(bases, video_data, straight, 8, *extra)) == 0
+    history = losses(straight)
+    assert history[-1] < history[0] - 0.1, history
+    model = load_checkpoint(str(straight))
+    assert model.config.videos and model.config.video_token == VIDEO_MARKER  # QWen's own reserved token
+    assert model.config.image_aspect_ratio == "anyres_max_9"
+    with pytest.raises(KeyboardInterrupt):
+        train.main(video_run_args(bases, video_data, crashed, 8, *extra), callbacks=[CrashAfterSave(4)])
+    assert train.main(video_run_args(bases, video_data, crashed, 8, *extra)) == 0
+    assert max(abs(a - b) for a, b in zip(losses(crashed), history, strict=True)) < 1e-5
+    again = load_checkpoint(str(crashed))
+    video = load_video(json.loads(open(video_data["data"][0]).read())["v0"]["path"], frames=4)
+    batch = model.processor([f"{VIDEO_MARKER}which way?"], [[video]])
+    with torch.no_grad():
+        a = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}).logits
+        b = again(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}).logits
+    assert (a - b).abs().max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def video_checkpoint(bases, video_data):
+    from model import save_checkpoint
+
+    torch.manual_seed(0)
+    config = VLMConfig(llm=video_data["qwen"], vision=bases["clip"], llm_mode="full", videos=True, video_frames=4,
+                       image_aspect_ratio="anyres_max_9")
+    model = VisionLanguageModel.build(config).apply_trainable_modes()
+    folder = video_data["root"] / "ckpt"
+    save_checkpoint(model, str(folder))
+    return str(folder), json.loads(open(video_data["data"][0]).read())
+
+
+def test_test_py_answers_about_a_video_and_an_image(video_checkpoint, monkeypatch, capsys):
+    import test as test_cli
+
+    folder, image_map = video_checkpoint
+    seen = []
+    original = VisionLanguageModel.generate
+
+    def spy(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, **kwargs):
+        seen.append(image_sizes.tolist())
+        return original(self, input_ids, attention_mask, pixel_values, image_sizes=image_sizes, **kwargs)
+
+    monkeypatch.setattr(VisionLanguageModel, "generate", spy)
+    argv = ["--model_weights", folder, "--max_new_tokens", "3", "--no_stream"]
+    assert test_cli.main([*argv, "--video_path", image_map["v0"]["path"], "--image_path", image_map["i0"]["path"],
+                          "--prompt", f"{IMAGE_MARKER} and {VIDEO_MARKER}?"]) == 0
+    assert seen[-1] == [[30, 40, 0], [32, 32, 4]]  # the image, then the video's 4 frames, in the prompt's order
+    assert test_cli.main([*argv, "--video_path", image_map["v3"]["path"], "--prompt", "which way?"]) == 0
+    assert seen[-1] == [[32, 32, 4]]  # a prompt without a marker: the video goes first
+    assert "go before the question" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "markers"])
+def test_test_py_refuses_bad_video_input_in_one_sentence(video_checkpoint, tmp_path, capsys, case):
+    import test as test_cli
+
+    folder, image_map = video_checkpoint
+    if case == "missing":
+        argv = ["--video_path", str(tmp_path / "nowhere.mp4"), "--prompt", "what?"]
+    else:
+        argv = ["--video_path", image_map["v0"]["path"], "--prompt", f"{VIDEO_MARKER}{VIDEO_MARKER} twice?"]
+    assert test_cli.main(["--model_weights", folder, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert ("not found" in err[0]) if case == "missing" else ("2 video marker(s)" in err[0])
