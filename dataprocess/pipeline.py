@@ -15,6 +15,8 @@ from tqdm import tqdm
 import common
 from common import IMAGE_MARKER, atomic_file
 from common.images import image_entry, open_source
+from visual.images import ImageLoadError
+from visual.video import is_video, video_info
 
 from .captions import convert_ai_challenger, convert_coco_captions
 from .conversations import convert_conversations
@@ -94,9 +96,18 @@ def pool_size(n_images: int, workers: int | None) -> int:
     return max(1, min(workers or os.cpu_count() or 1, math.ceil(n_images / IMAGES_PER_WORKER)))
 
 
-def check_image(args) -> str:
-    """'ok', 'missing' or 'corrupt' of an image reference (a file, or a shard member). Runs in a worker process."""
+def check_image(args) -> str | dict:
+    """'ok', 'missing' or 'corrupt' of an image reference (a file, or a shard member); for a video (a file or a frame
+    folder), its frames and duration, read from the container, when it opens. Runs in a worker process."""
     path, full_decode = args
+    if is_video(path):
+        if not os.path.exists(path):
+            return "missing"
+        try:
+            info = video_info(path)
+        except ImageLoadError:
+            return "corrupt"
+        return {"frames": info.frames, "duration": round(info.duration, 3)}
     if not os.path.isfile(image_entry(path)["path"]):
         return "missing"
     try:
@@ -166,12 +177,14 @@ def process(config: ProcessConfig, progress: bool = True) -> dict:
     image_map, captions, report = {}, [], {}
     for src, samples in converted:
         bad = {k: status[registry.path_of[k]] for _, keys, _ in samples for k in keys
-               if status[registry.path_of[k]] != "ok"}
+               if status[registry.path_of[k]] in ("missing", "corrupt")}
         dropped = [sid for sid, keys, _ in samples if any(k in bad for k in keys)]
         for sample_id, keys, conversations in samples:
             if any(k in bad for k in keys):
                 continue
-            image_map.update({k: image_entry(registry.path_of[k]) for k in keys})
+            for k in keys:  # a video's entry records its frames and duration
+                video = status[registry.path_of[k]]
+                image_map[k] = {**image_entry(registry.path_of[k]), **(video if isinstance(video, dict) else {})}
             captions.append({"id": sample_id, "source": src.name, "images": keys, "conversations": conversations})
         missing = sorted(registry.path_of[k] for k, v in bad.items() if v == "missing")
         corrupt = sorted(registry.path_of[k] for k, v in bad.items() if v == "corrupt")

@@ -404,10 +404,11 @@ def video_run_args(bases, video_data, out, steps, *extra):
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_training_on_videos_and_images_learns_resumes_and_reloads(bases, video_data, tmp_path, packing):
-    import train
-    from model import load_checkpoint
     from runs import losses
     from test_training import CrashAfterSave
+
+    import train
+    from model import load_checkpoint
 
     extra = ("--packing", "--max_length", "512") if packing else ()
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -477,3 +478,39 @@ def test_test_py_refuses_bad_video_input_in_one_sentence(video_checkpoint, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert ("not found" in err[0]) if case == "missing" else ("2 video marker(s)" in err[0])
+
+
+# ---- converting LLaVA-Video-178K / OneVision data ----
+
+
+def test_llava_video_entries_convert_and_process_image_records_frames(tmp_path):
+    from dataprocess.pipeline import load_config, process
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", moving_square(12, 32), "libx264")
+    write_folder(videos / "b", moving_square(5, 32))
+    (videos / "broken.mp4").write_bytes(b"\x00" * 100)
+    entries = [  # LLaVA-Video-178K marks the video with <image>; OneVision's video entries with <video>
+        {"id": "a", "video": "a.mp4", "conversations": [{"from": "human", "value": "<image>\nWhat moves?"},
+                                                         {"from": "gpt", "value": "A square."}]},
+        {"id": "b", "video": "b", "conversations": [{"from": "human", "value": "<video>\nHow many frames?"},
+                                                     {"from": "gpt", "value": "Five."}]},
+        {"id": "c", "video": "broken.mp4", "conversations": [{"from": "human", "value": "<image>\n?"},
+                                                              {"from": "gpt", "value": "x"}]},
+        {"id": "d", "video": "gone.mp4", "conversations": [{"from": "human", "value": "<image>\n?"},
+                                                            {"from": "gpt", "value": "x"}]}]
+    (tmp_path / "llava_video.json").write_text(json.dumps(entries))
+    (tmp_path / "config.yaml").write_text(json.dumps({
+        "output_dir": str(tmp_path / "out"), "workers": 1,
+        "sources": [{"type": "llava", "annotations": str(tmp_path / "llava_video.json"), "image_dir": str(videos)}]}))
+    report = process(load_config(str(tmp_path / "config.yaml")), progress=False)
+    image_map = json.loads((tmp_path / "out" / "image_map.json").read_text())
+    captions = json.loads((tmp_path / "out" / "captions.json").read_text())
+    assert [s["id"].split("/")[-1] for s in captions] == ["a", "b"]
+    assert all(s["conversations"][0]["content"].startswith(VIDEO_MARKER) for s in captions)
+    entries = {k.split("/")[-1]: v for k, v in image_map.items()}
+    assert (entries["a.mp4"]["frames"], entries["a.mp4"]["duration"]) == (12, 1.0)
+    assert (entries["b"]["frames"], entries["b"]["duration"]) == (5, 5.0)  # a frame folder counts as 1 fps
+    (only,) = report.values()
+    assert (only["images_corrupt"], only["images_missing"], only["samples_dropped"]) == (1, 1, 2)
