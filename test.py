@@ -204,10 +204,10 @@ def chat(model, args, images_given, videos_given=()):
             try:
                 if line.startswith("/video"):
                     pending_videos += load_videos(model, [line[len("/video"):].strip()])
+                    print(f"(video added: {len(pending_videos)} with the next question)", file=sys.stderr)
                 else:
                     pending.append(visual.load_image(line[len("/image"):].strip()))
-                print(f"(added: {len(pending)} image(s) and {len(pending_videos)} video(s) with the next question)",
-                      file=sys.stderr)
+                    print(f"(image added: {len(pending)} with the next question)", file=sys.stderr)
             except (visual.ImageLoadError, UsageError) as e:
                 print(f"error: {e}", file=sys.stderr)
             continue

@@ -25,6 +25,7 @@ ENTRY_POINTS = {
     "bench/gpu_generate.py": ["bench/gpu_generate.py"], "bench/cpu_anyres.py": ["bench/cpu_anyres.py"],
     "bench/memory_estimate.py": ["bench/memory_estimate.py"], "bench/cpu_grpo.py": ["bench/cpu_grpo.py"],
     "bench/cpu_image_tokens.py": ["bench/cpu_image_tokens.py"],
+    "bench/cpu_video.py": ["bench/cpu_video.py"],
     "scripts/check_vllm.py": ["scripts/check_vllm.py"],
     "sh scripts/gpu_check.sh": ["sh", "scripts/gpu_check.sh"],
     "sh scripts/check_vllm.sh": ["sh", "scripts/check_vllm.sh"],
