@@ -76,18 +76,10 @@ def with_image_marker(prompt: str, n_images: int, warn=True, n_videos: int = 0) 
 
 def in_marker_order(prompt: str, images: list, videos: list) -> list:
     """The images and videos in the order of their markers in the prompt."""
+    from model.processor import MARKERS  # loaded with the model by then
+
     images, videos = iter(images), iter(videos)
-    order = sorted([(i, IMAGE_MARKER) for i in find_all(prompt, IMAGE_MARKER)] +
-                   [(i, VIDEO_MARKER) for i in find_all(prompt, VIDEO_MARKER)])
-    return [next(videos) if marker == VIDEO_MARKER else next(images) for _, marker in order]
-
-
-def find_all(text: str, marker: str) -> list[int]:
-    found, start = [], text.find(marker)
-    while start != -1:
-        found.append(start)
-        start = text.find(marker, start + len(marker))
-    return found
+    return [next(videos) if marker == VIDEO_MARKER else next(images) for marker in MARKERS.findall(prompt)]
 
 
 def load_videos(model, paths: list[str]) -> list:

@@ -87,13 +87,19 @@ class VLMDataset(Dataset):
         """Whether the token counts of these visuals depend on their sizes (anyres, native) or frame counts (videos)."""
         return self.processor.images.variable or any(is_video(path) for path in paths)
 
+    def video_sampling(self, path: str):
+        """The model's frame sampling (model/video.py's VideoInputs) for video `path`; ImageLoadError (a bad sample)
+        when the model takes no videos."""
+        videos = self.processor.images.videos
+        if videos is None:
+            raise ImageLoadError(f"{path} is a video, and this model was built without videos")
+        return videos
+
     def shape(self, path: str) -> tuple:
         """(height, width) of an image, (height, width, frames sampled) of a video, from the file's header."""
         if not is_video(path):
             return image_size(path)
-        info, videos = video_info(path), self.processor.images.videos
-        if videos is None:
-            raise ImageLoadError(f"{path} is a video, and this model was built without videos")
+        info, videos = video_info(path), self.video_sampling(path)
         return info.height, info.width, len(sample_indices(info.frames, videos.frames, videos.fps, info.fps))
 
     def token_length(self, index: int) -> int:
@@ -147,11 +153,9 @@ class VLMDataset(Dataset):
 
     def load(self, path: str):
         """An image (PIL) or a video's sampled frames (visual/video.py), by the path."""
-        videos = self.processor.images.videos
         if not is_video(path):
             return load_image(path)
-        if videos is None:
-            raise ImageLoadError(f"{path} is a video, and this model was built without videos")
+        videos = self.video_sampling(path)
         return load_video(path, videos.frames, videos.fps)
 
     def pixels(self, paths: list[str]) -> tuple[torch.Tensor | None, list[tuple]]:

@@ -193,11 +193,14 @@ class ImageInputs:
         rows = self.rows(shapes)
         if all(len(row) == 2 for row in rows):
             return self.images(visuals), rows
-        pixels = [self.videos(v) if self.frames(row) > 0 else self.images([v], one_view=self.frames(row) == ONE_VIEW)
-                  for v, row in zip(visuals, rows, strict=True)]
+        # OneVision's processor shows each image of a several-image sample as one view, padded to a square
+        shown = [v for v, row in zip(visuals, rows, strict=True) if self.frames(row) == ONE_VIEW]
+        views = iter(self.processor(images=[shown], return_tensors="pt")["pixel_values"].float()) if shown else None
+        pixels = [self.videos(v) if self.frames(row) > 0 else next(views) if self.frames(row) == ONE_VIEW else
+                  self.images([v]) for v, row in zip(visuals, rows, strict=True)]  # views: (1, 3, tile, tile) each
         return torch.cat(pixels), rows
 
-    def images(self, images, one_view: bool = False) -> torch.Tensor:
+    def images(self, images) -> torch.Tensor:
         """PIL images -> their views (tiles, 3, H, W), one image after the other."""
         if self.aspect == "square":
             return self.tower_processor(images)
@@ -206,14 +209,6 @@ class ImageInputs:
         if self.aspect == "native":  # (n, num_image_tokens, 3 * patch²): patches, padded to the same count
             return self.processor(images=list(images), max_num_patches=self.base,
                                   return_tensors="pt")["pixel_values"].float()
-        if one_view:  # OneVision's several-image rule: padded to a square, one view each
-            return torch.cat([self._one_view(image) for image in images])
         # anyres: each image's tiles, base view first, then the next image's: (sum of tiles, 3, tile, tile)
         tiles = [self.processor(images=[image], return_tensors="pt")["pixel_values"][0] for image in images]
         return torch.cat(tiles).float()
-
-    def _one_view(self, image) -> torch.Tensor:
-        """An image as OneVision shows each image of a several-image sample: padded to a square, resized: (1, 3, t, t).
-        (Its processor applies that rule to samples of several images, so the image goes in beside a copy.)"""
-        pixels = self.processor(images=[[image, image]], return_tensors="pt")["pixel_values"]  # (2, 1, 3, t, t)
-        return pixels[0, :1].float()

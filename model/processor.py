@@ -61,9 +61,8 @@ class VLMProcessor:
         return pieces[0] + "".join(tokens[marker] * n + piece
                                    for marker, n, piece in zip(pieces[1::2], counts, pieces[2::2], strict=True))
 
-    def image_counts(self, markers: list[str] | int, image_sizes: list | None = None) -> list[int]:
-        """The tokens of each of a text's visuals, given its markers in order (or how many image markers)."""
-        markers = [IMAGE_MARKER] * markers if isinstance(markers, int) else markers
+    def image_counts(self, markers: list[str], image_sizes: list | None = None) -> list[int]:
+        """The tokens of each of a text's visuals, given its markers in order."""
         if VIDEO_MARKER in markers and self.video_token is None:
             raise ValueError("the text holds a video marker, but this model was built without videos (train it on "
                              "data that holds videos)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, image_size, load_image
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -75,9 +75,13 @@ def sample_indices(total: int, frames: int | None = None, fps: float | None = No
     return (np.arange(frames, dtype=int) * total // frames).tolist()
 
 
-def folder_frames(path: str) -> list[str]:
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS))
-    return [os.path.join(path, n) for n in names]
+def folder_frames(path: str) -> tuple[list[str], VideoInfo]:
+    """A frame folder's images, in name order, and its VideoInfo (size from the first frame's header)."""
+    files = [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.lower().endswith(FRAME_EXTENSIONS)]
+    if not files:
+        raise VideoLoadError(f"frame folder {path} holds no images")
+    height, width = image_size(files[0])
+    return files, VideoInfo(len(files), FOLDER_FPS, height, width)
 
 
 def _pyav_info(container) -> VideoInfo:
@@ -94,13 +98,7 @@ def video_info(path: str) -> VideoInfo:
     """Frame count, frame rate and size, from the container (or the folder), without decoding frames."""
     try:
         if os.path.isdir(path):
-            files = folder_frames(path)
-            if not files:
-                raise VideoLoadError(f"frame folder {path} holds no images")
-            from .images import image_size
-
-            height, width = image_size(files[0])
-            return VideoInfo(len(files), FOLDER_FPS, height, width)
+            return folder_frames(path)[1]
         import av
 
         with av.open(path) as container:
@@ -158,8 +156,7 @@ def load_video(path: str, frames: int | None = 8, fps: float | None = None, back
                          f"{frames}, fps={fps})")
     try:
         if os.path.isdir(path):
-            files = folder_frames(path)
-            info = video_info(path)
+            files, info = folder_frames(path)
             wanted = sample_indices(info.frames, frames, fps, info.fps)
             images = [np.asarray(load_image(files[i])) for i in wanted]
             if len({image.shape for image in images}) > 1:
